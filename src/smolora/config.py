@@ -1,0 +1,281 @@
+"""One typed description of a run: model, data, lora, train, eval, output.
+
+Files are YAML or JSON. `extends: base.yaml` (or the seeds' `_extends:`) inherits from
+another file, resolved relative to the including file; `--set train.lr=1e-4` overrides
+any key. Validation lists every problem at once, with its field path, before any model
+is loaded.
+
+Run as:
+    cfg = load_config("examples/quickstart.yaml", ["train.max_steps=20"])
+    print(cfg.train.lr)
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smolora.errors import ConfigError
+
+
+class Section(BaseModel):
+    # Unknown keys are mistakes (a typo silently ignored costs a whole run).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field("smollm2-135m", description="Alias, local HF directory, .gguf file or hub id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on capable CUDA, float32 elsewhere."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    load_in_4bit: bool = Field(False, description="QLoRA 4-bit (bitsandbytes, CUDA only).")
+    load_in_8bit: bool = Field(False, description="8-bit base (bitsandbytes, CUDA only).")
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = Field(None, description="eager, sdpa or flash_attention_2.")
+    trust_remote_code: bool = False
+    drop_layers: list[int] = Field(default_factory=list, description="Decoder layers removed before LoRA.")
+    keep_layers: int | None = Field(None, ge=1, description="Keep only the first N decoder layers.")
+
+    @model_validator(mode="after")
+    def _one_quantization(self) -> ModelSection:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are exclusive: pick one")
+        if any(i < 0 for i in self.drop_layers):
+            raise ValueError("drop_layers holds layer indices, which start at 0")
+        return self
+
+
+class DataSection(Section):
+    path: str | list[str] | None = Field(
+        None, description="A file, a list of files, a glob or a dataset dir."
+    )
+    val_path: str | list[str] | None = Field(None, description="Separate validation file(s).")
+    format: Literal["auto", "text", "alpaca", "qa", "sharegpt", "messages"] = "auto"
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map our roles to your columns: prompt, input, response, text, messages, system, domain.",
+    )
+    template: str | None = Field(
+        None, description="Combine several columns into the prompt: '{title}: {body}'."
+    )
+    system_prompt: str | None = None
+    max_length: int = Field(512, ge=8)
+    val_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    train_on: Literal["completion", "all"] = Field("completion", description="completion: mask the prompt.")
+    text_mode: Literal["whole", "lines"] = Field(
+        "whole", description="txt files: one record, or one per line."
+    )
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive windows of long text.")
+    clean: bool = True
+    dedupe: bool = True
+    domain: bool = Field(True, description="Turn a 'domain' field into a tag in the prompt (seed 002).")
+    max_examples: int | None = Field(None, ge=1)
+    split: str = Field("train", description="Split name for hub datasets and saved DatasetDicts.")
+    streaming: bool = False
+    num_proc: int | None = Field(None, ge=1)
+
+
+class LoraSection(Section):
+    method: Literal["lora", "rslora", "dora", "pissa", "olora", "full", "freeze"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: Literal["auto", "all-linear"] | list[str] = Field(
+        "auto", description="auto: the decoder blocks' linear layers (never the lm head)."
+    )
+    plus_ratio: float | None = Field(None, gt=0, description="LoRA+: lr of B = ratio x lr of A.")
+    freeze_last_n: int | None = Field(None, ge=1, description="freeze method: train only the last N layers.")
+    trainable_modules: list[str] = Field(default_factory=list, description="freeze method: named modules.")
+
+
+class TrainSection(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    seed: int = 42
+    save_every: int = Field(100, ge=1, description="Checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    optimizer: str = "adamw_torch"
+    log_every: int = Field(1, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="Eval loss every N steps (None: at the end).")
+    report_to: list[str] = Field(default_factory=list, description="tensorboard, mlflow, wandb.")
+    batching: Literal["auto", "grouped", "packed", "padded"] = Field(
+        "auto", description="auto: grouped by length on CPU, packed with flash-attention on CUDA."
+    )
+    loss_chunk: int = Field(1024, ge=16, description="Label positions per lm-head chunk (memory).")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: physical cores).")
+    compile: bool = False
+    accelerate_config: str | None = None
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in {"tensorboard", "mlflow", "wandb", "none"}]
+        if bad:
+            raise ValueError(f"unknown tracker(s) {bad}; use tensorboard, mlflow or wandb")
+        return [t for t in v if t != "none"]
+
+
+class EvalSection(Section):
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    num_samples: int = Field(8, ge=0, description="Sample rows shown side by side in the report.")
+    max_examples: int | None = Field(200, ge=1, description="Held-out rows used for generation metrics.")
+    generate_every: int | None = Field(None, ge=1, description="Log sample generations every N steps.")
+
+
+class OutputSection(Section):
+    dir: str = "runs"
+    name: str | None = Field(None, description="Run name (default: the config file's name).")
+
+
+class RunConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / (self.output.name or "run")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --- reading files, inheritance, overrides -------------------------------------------------
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (model:, data:, ...), got {type(data).__name__}"
+        )
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_with_extends(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file and everything it extends, child keys winning."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise ConfigError(f"extends cycle: {chain}")
+    data = _read_file(path)
+    parents = data.pop("extends", None) or data.pop("_extends", None)
+    if parents is None:
+        return data
+    merged: dict[str, Any] = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = deep_merge(merged, read_with_extends(path.parent / parent, (*_seen, path)))
+    return deep_merge(merged, data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b=c` pairs; values are parsed as YAML so `3`, `1e-4`, `true`, `[1,2]` get their types."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in "eE.") else value
+            except ValueError:
+                pass
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(model.model_fields)})"
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(
+            p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[")))
+        )
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key{_did_you_mean(loc)}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {msg} (got {e.get('input')!r})" if "input" in e else f"{path}: {msg}")
+    # Union types report one error per branch; keep each line once.
+    unique = list(dict.fromkeys(lines))
+    return f"{source}: {len(unique)} problem(s):\n  " + "\n  ".join(unique)
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, inherit, override and validate. The run name defaults to the config file's stem."""
+    data = read_with_extends(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    cfg = build_config(data, str(path or "config"))
+    if cfg.output.name is None:
+        cfg.output.name = Path(path).stem if path else "run"
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def config_schema() -> dict[str, Any]:
+    return RunConfig.model_json_schema()

@@ -1,0 +1,37 @@
+"""The few exceptions SmoLoRA raises on purpose. Every message says what to do next.
+
+The CLI prints any `SmoLoRAError` as one line (no traceback) and exits with `exit_code`.
+
+Run as:
+    raise DatasetError("data.jsonl:12: not valid JSON (Expecting ',' delimiter)")
+"""
+
+from __future__ import annotations
+
+
+class SmoLoRAError(Exception):
+    """A mistake the user can fix; `exit_code` 2 means "bad input"."""
+
+    exit_code = 2
+
+
+class ConfigError(SmoLoRAError):
+    """The run configuration is invalid; the message lists every problem at once."""
+
+
+class DatasetError(SmoLoRAError):
+    """A data file cannot be read or gives no trainable example; names file and line."""
+
+
+class ModelError(SmoLoRAError):
+    """A model cannot be found, converted or loaded."""
+
+
+class TrainingError(SmoLoRAError):
+    """Training cannot go on (NaN loss, out of memory, no checkpoint to resume from)."""
+
+
+class IntegrityError(SmoLoRAError):
+    """A cached file does not match its recorded sha256."""
+
+    exit_code = 1

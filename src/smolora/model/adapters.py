@@ -1,0 +1,117 @@
+"""Fine-tuning methods: one function each, in one dict. Adding a method is one function.
+
+Each takes the base model and the `lora` config section and returns the model to train
+(a PEFT model, or the base with `requires_grad` set).
+
+Run as:
+    model = METHODS[cfg.lora.method](model, cfg.lora)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from smolora.config import LoraSection
+from smolora.errors import ConfigError
+from smolora.model.surgery import decoder_layers
+
+
+def find_target_modules(model: nn.Module) -> list[str]:
+    """Leaf names of the linear layers inside the decoder blocks (q_proj, ..., down_proj).
+
+    The lm head and embeddings stay frozen: they are large and rarely worth adapting.
+    """
+    names: set[str] = set()
+    for layer in decoder_layers(model):
+        for name, module in layer.named_modules():
+            if isinstance(module, nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt"}:
+                names.add(name.rsplit(".", 1)[-1])
+    if not names:
+        raise ConfigError("no linear layers found in the decoder blocks; set lora.targets explicitly")
+    return sorted(names)
+
+
+def _targets(model: nn.Module, cfg: LoraSection) -> list[str] | str:
+    if cfg.targets == "auto":
+        return find_target_modules(model)
+    return cfg.targets  # "all-linear" or explicit names, as PEFT understands them
+
+
+def _peft(model: nn.Module, cfg: LoraSection, **extra) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=_targets(model, cfg),
+        task_type="CAUSAL_LM",
+        **extra,
+    )
+    return get_peft_model(model, config)
+
+
+def lora(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    return _peft(model, cfg)
+
+
+def rslora(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    # Scale alpha/sqrt(r) instead of alpha/r: stable updates at high rank.
+    return _peft(model, cfg, use_rslora=True)
+
+
+def dora(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    return _peft(model, cfg, use_dora=True)
+
+
+def pissa(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    # Fast SVD init from the principal singular vectors; converges faster than random A.
+    return _peft(model, cfg, init_lora_weights="pissa_niter_4")
+
+
+def olora(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    return _peft(model, cfg, init_lora_weights="olora")
+
+
+def full(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def freeze(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    """Train only the last N decoder layers and/or modules whose name contains a given string."""
+    if not cfg.freeze_last_n and not cfg.trainable_modules:
+        raise ConfigError("lora.method=freeze needs lora.freeze_last_n or lora.trainable_modules")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = decoder_layers(model)
+    if cfg.freeze_last_n:
+        for layer in layers[-cfg.freeze_last_n :]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+    for name, p in model.named_parameters():
+        if any(key in name for key in cfg.trainable_modules):
+            p.requires_grad_(True)
+    return model
+
+
+METHODS: dict[str, Callable[[nn.Module, LoraSection], nn.Module]] = {
+    "lora": lora,
+    "rslora": rslora,
+    "dora": dora,
+    "pissa": pissa,
+    "olora": olora,
+    "full": full,
+    "freeze": freeze,
+}
+
+
+def trainable_summary(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

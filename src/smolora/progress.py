@@ -1,0 +1,122 @@
+"""What a training run tells the world: metrics.jsonl, train.log and a progress bar.
+
+Run as:
+    trainer.add_callback(RunLogger(run_dir, counter, total_steps))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+log = logging.getLogger("smolora")
+
+
+def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
+    """Rich console output for people, a plain log file per run for the record."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("smolora")
+    root.setLevel(level)
+    root.handlers = [h for h in root.handlers if not isinstance(h, logging.FileHandler)]
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=False))
+    for h in root.handlers:
+        h.setLevel(level)
+    if log_file is not None:
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setLevel(logging.DEBUG)
+        root.addHandler(fh)
+    root.propagate = False
+
+
+class RunLogger(TrainerCallback):
+    """Appends one JSON line per log event to metrics.jsonl and drives the progress bar.
+
+    `counter` is shared with the trainer's loss function, which adds the real (non-pad)
+    tokens of every micro-batch, so tokens/s counts only work that was worth doing.
+    """
+
+    def __init__(self, run_dir: Path, counter: dict[str, int], show_progress: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.counter = counter
+        self.show_progress = show_progress
+        self.progress: Progress | None = None
+        self.task = None
+        self.last_time = time.perf_counter()
+        self.last_tokens = 0
+        self.tokens_per_s = 0.0
+        self.last_loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last_time = time.perf_counter()
+        self.last_tokens = self.counter["tokens"]
+        if self.show_progress and state.is_world_process_zero:
+            self.progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps"),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[tps]} tok/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "train", total=state.max_steps, completed=state.global_step, loss="-", tps="-"
+            )
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.progress is not None:
+            loss = f"{self.last_loss:.4f}" if self.last_loss is not None else "-"
+            self.progress.update(
+                self.task, completed=state.global_step, loss=loss, tps=f"{self.tokens_per_s:.0f}"
+            )
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kw):
+        if not logs or not state.is_world_process_zero:
+            return
+        row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            now = time.perf_counter()
+            tokens = self.counter["tokens"]
+            self.tokens_per_s = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+            self.last_time, self.last_tokens = now, tokens
+            self.last_loss = float(logs["loss"])
+            row.update(
+                loss=self.last_loss,
+                lr=logs.get("learning_rate"),
+                grad_norm=_num(logs.get("grad_norm")),
+                tokens_per_s=round(self.tokens_per_s, 2),
+                tokens=tokens,
+            )
+        for key in ("eval_loss", "train_loss", "train_runtime"):
+            if key in logs:
+                row[key] = _num(logs[key])
+        if len(row) > 2:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if "eval_loss" in row:
+                log.info("step %d: eval loss %.4f", state.global_step, row["eval_loss"])
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _num(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,284 @@
+"""The training recipe, top to bottom: config -> data -> model -> Trainer -> run directory.
+
+A run directory holds `config.yaml` (resolved), `metrics.jsonl`, `train.log`,
+`checkpoints/` (every `train.save_every` steps, the last `train.keep_checkpoints` kept) and
+`adapter/` (PEFT format plus `smolora.json`: base model, its sha256, layer surgery, chat
+template, data fingerprint, library versions).
+
+Run as:
+    from smolora.config import load_config
+    from smolora.train import train
+    run_dir = train(load_config("examples/quickstart.yaml"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
+
+from smolora.collate import Collator
+from smolora.config import RunConfig, save_config
+from smolora.data import prepare_data
+from smolora.errors import TrainingError
+from smolora.loss import chunked_lm_loss
+from smolora.model.adapters import METHODS, trainable_summary
+from smolora.model.load import ADAPTER_META, load_base, physical_cores, pick_device
+from smolora.model.store import read_manifest, resolve_model
+from smolora.progress import RunLogger, setup_logging
+
+log = logging.getLogger("smolora")
+
+
+class SmoLoRATrainer(Trainer):
+    """transformers' Trainer with our loss: lm head only at labelled positions, in chunks."""
+
+    def __init__(self, *args: Any, loss_chunk: int = 1024, counter: dict[str, int] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.loss_chunk = loss_chunk
+        self.counter = counter if counter is not None else {"tokens": 0}
+        # Our loss divides by the label count of the whole accumulated batch (num_items_in_batch),
+        # so Trainer must count it and must not divide by the accumulation steps again.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs.get("attention_mask")
+        if model.training:
+            self.counter["tokens"] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        total, n = chunked_lm_loss(
+            model,
+            inputs["input_ids"],
+            mask,
+            inputs["labels"],
+            chunk=self.loss_chunk,
+            position_ids=inputs.get("position_ids"),
+        )
+        denominator = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
+        loss = total / denominator
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    run_dir = cfg.run_dir
+    checkpoints = run_dir / "checkpoints"
+    if resume:
+        if last_checkpoint(run_dir) is None:
+            raise TrainingError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
+        return run_dir
+    if checkpoints.exists() and not (run_dir / "adapter" / ADAPTER_META).exists():
+        raise TrainingError(
+            f"{run_dir} holds an unfinished run; continue it with --resume, or start a fresh one with "
+            f"--set output.name={cfg.output.name}-2"
+        )
+    if run_dir.exists():
+        # A finished run with the same name is replaced: same config name, new result.
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted(
+        (p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    return found[-1] if found else None
+
+
+def tracking_env(cfg: RunConfig, run_dir: Path) -> None:
+    """Point transformers' tracking integrations at the run directory, offline-safe."""
+    if "tensorboard" in cfg.train.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if "mlflow" in cfg.train.report_to:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+    if "wandb" in cfg.train.report_to and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path, device: str, has_val: bool) -> TrainingArguments:
+    t = cfg.train
+    eval_strategy = "steps" if has_val and t.eval_every else "no"
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        logging_steps=t.log_every,
+        save_strategy="steps",
+        save_steps=t.save_every,
+        save_total_limit=t.keep_checkpoints,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_every,
+        prediction_loss_only=True,
+        report_to=t.report_to or "none",
+        run_name=cfg.output.name,
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if batching_mode(cfg, device) == "grouped" else "random",
+        length_column_name="length",
+        torch_compile=t.compile,
+        save_only_model=False,
+    )
+
+
+def batching_mode(cfg: RunConfig, device: str) -> str:
+    """grouped on CPU (measured fastest there); packed where flash-attention reads position_ids."""
+    if cfg.train.batching != "auto":
+        return cfg.train.batching
+    if device == "cuda" and cfg.model.attn_implementation == "flash_attention_2":
+        return "packed"
+    return "grouped"
+
+
+def loraplus_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer | None:
+    if not cfg.lora.plus_ratio:
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=cfg.train.lr,
+        loraplus_lr_ratio=cfg.lora.plus_ratio,
+        weight_decay=cfg.train.weight_decay,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    import smolora
+
+    return {
+        "smolora": smolora.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def save_adapter(model, tokenizer, cfg: RunConfig, run_dir: Path, data: dict[str, Any]) -> Path:
+    """PEFT adapter (or full weights) + tokenizer + smolora.json, written atomically."""
+    out = run_dir / "adapter"
+    tmp = run_dir / "adapter.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    manifest = read_manifest(resolve_model(cfg.model.name, cfg.model.revision)) or {}
+    weights = manifest.get("files", {}).get("model.safetensors", {})
+    meta = {
+        "base_model": cfg.model.name,
+        "base_sha256": weights.get("sha256") or manifest.get("source_sha256"),
+        "method": cfg.lora.method,
+        "drop_layers": cfg.model.drop_layers,
+        "keep_layers": cfg.model.keep_layers,
+        "chat_template": tokenizer.chat_template,
+        "system_prompt": cfg.data.system_prompt,
+        "data_fingerprint": data["fingerprint"],
+        "data_format": data["format"],
+        "versions": library_versions(),
+    }
+    (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> Path:
+    """Run the whole recipe and return the run directory."""
+    run_dir = prepare_run_dir(cfg, resume)
+    setup_logging(run_dir / "train.log", level=logging.getLogger("smolora").level or logging.INFO)
+    save_config(cfg, run_dir / "config.yaml")
+    tracking_env(cfg, run_dir)
+    set_seed(cfg.train.seed)
+    device = pick_device(cfg.model.device)
+    if device == "cpu":
+        torch.set_num_threads(cfg.train.threads or physical_cores())
+
+    # 1. model and tokenizer (layer surgery happens inside load_base, before any adapter)
+    model, tokenizer = load_base(cfg.model, device)
+    log.info(
+        "model %s: %d layers on %s (%s)", cfg.model.name, model.config.num_hidden_layers, device, model.dtype
+    )
+
+    # 2. data: read, detect, clean, split, render, mask, tokenize (cached by fingerprint)
+    data = prepare_data(cfg, tokenizer)
+    stats = data["stats"]
+    log.info(
+        "data: %s format, %d train / %d val rows%s",
+        data["format"],
+        stats["n_train"],
+        stats["n_val"],
+        " (from cache)" if stats.get("cached") else "",
+    )
+
+    # 3. the fine-tuning method (LoRA and relatives, full, freeze)
+    model = METHODS[cfg.lora.method](model, cfg.lora)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable, total = trainable_summary(model)
+    log.info(
+        "method %s: %s trainable of %s parameters (%.2f%%)",
+        cfg.lora.method,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+
+    # 4. the trainer
+    mode = batching_mode(cfg, device)
+    log.info(
+        "batching: %s; loss: lm head on labelled positions only, chunks of %d", mode, cfg.train.loss_chunk
+    )
+    counter = {"tokens": 0}
+    trainer = SmoLoRATrainer(
+        model=model,
+        args=training_arguments(cfg, run_dir, device, data["val"] is not None),
+        train_dataset=data["train"],
+        eval_dataset=data["val"],
+        data_collator=Collator(tokenizer.pad_token_id, packed=mode == "packed"),
+        processing_class=tokenizer,
+        optimizers=(loraplus_optimizer(model, cfg), None),
+        loss_chunk=cfg.train.loss_chunk,
+        counter=counter,
+    )
+    # Our RunLogger replaces transformers' printing of raw log dicts and its tqdm bar.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RunLogger(run_dir, counter, show_progress))
+
+    # 5. train (resuming restores optimizer, scheduler, RNG and dataloader position)
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if data["val"] is not None:
+        trainer.evaluate()
+
+    # 6. the result
+    adapter = save_adapter(model, tokenizer, cfg, run_dir, data)
+    log.info("adapter saved to %s", adapter)
+    return run_dir
