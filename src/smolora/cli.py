@@ -341,6 +341,9 @@ def init(
     console.print(f"[green]wrote {out}[/] ({fmt} format, {len(records)} rows); next: smolora train {out}")
 
 
+# --- commands defined in their own modules are registered here (one line each) -------------
+
+
 def main() -> None:
     try:
         app()
