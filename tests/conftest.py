@@ -113,3 +113,27 @@ def qa_file(tmp_path) -> Path:
     p = tmp_path / "qa.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return p
+
+
+@pytest.fixture(scope="session")
+def real_home(tmp_path_factory) -> Path:
+    """One SmoLoRA home for all `real` tests: the bundled GGUF is converted once per session (~40 s)."""
+    from smolora.model.store import resolve_model
+
+    home = tmp_path_factory.mktemp("real-home")
+    old = os.environ.get("SMOLORA_HOME")
+    os.environ["SMOLORA_HOME"] = str(home)
+    try:
+        resolve_model("smollm2-135m")
+    finally:
+        if old is None:
+            os.environ.pop("SMOLORA_HOME", None)
+        else:
+            os.environ["SMOLORA_HOME"] = old
+    return home
+
+
+@pytest.fixture
+def use_real_home(real_home, monkeypatch) -> Path:
+    monkeypatch.setenv("SMOLORA_HOME", str(real_home))
+    return real_home

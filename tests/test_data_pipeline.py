@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -50,6 +51,13 @@ def test_cache_hit_and_fingerprint(qa_file, tiny_tokenizer):
         build_config({"data": {"path": str(qa_file)}, "train": {"seed": 1}}), tiny_tokenizer
     )
     assert reseeded["fingerprint"] != first["fingerprint"]
+    # a damaged cache is rebuilt, not trusted
+    shutil.rmtree(smolora_home() / "data" / first["fingerprint"] / "train")
+    rebuilt = prepare_data(run_cfg(qa_file), tiny_tokenizer)
+    assert (
+        rebuilt["stats"]["cached"] is False and rebuilt["train"]["input_ids"] == first["train"]["input_ids"]
+    )
+    assert prepare_data(run_cfg(qa_file), tiny_tokenizer)["stats"]["cached"] is True
     qa_file.write_text(qa_file.read_text() + json.dumps({"question": "New?", "answer": "Yes."}) + "\n")
     assert prepare_data(run_cfg(qa_file), tiny_tokenizer)["fingerprint"] != first["fingerprint"]
 

@@ -90,6 +90,8 @@ def prompt_response_example(record: dict, mapping: dict[str, str], cfg: DataSect
 
 
 def _conversation(value: Any, role_key: str, content_key: str) -> list[dict]:
+    if value is None or value == "":  # a missing conversation is an empty example, dropped by cleaning
+        return []
     if isinstance(value, str):  # a conversation stored as a JSON string (CSV, parquet exports)
         value = json.loads(value)
     if not isinstance(value, list):
@@ -149,7 +151,7 @@ FORMATS: dict[str, dict] = {
 
 def _columns(records: list[dict]) -> list[str]:
     seen: dict[str, None] = {}
-    for r in records[:200]:
+    for r in records:
         seen.update(dict.fromkeys(r))
     return list(seen)
 

@@ -12,9 +12,9 @@ Run as:
 from __future__ import annotations
 
 from smolora.config import RunConfig
-from smolora.data.pipeline import _encode, length_stats, load_examples
+from smolora.data.pipeline import encode_rows, length_stats, load_examples
 from smolora.data.read import expand_paths, is_hub_name
-from smolora.data.render import IGNORE
+from smolora.data.render import IGNORE, encode_examples
 from smolora.errors import DatasetError
 
 
@@ -44,7 +44,7 @@ def inspect_data(paths: str | list[str] | None, cfg: RunConfig, tokenizer, n_exa
     if not path:
         raise DatasetError("nothing to inspect: pass a data file or set data.path")
     examples, fmt, mapping, counts = load_examples(path, d)
-    rows, info = _encode(examples, tokenizer, d)
+    rows, info = encode_rows(examples, tokenizer, d)
     tokens = length_stats(info["lengths"])
     n_labels = sum(r["n_labels"] for r in rows)
     share = round(n_labels / max(1, sum(r["length"] for r in rows)), 4)
@@ -74,7 +74,8 @@ def inspect_data(paths: str | list[str] | None, cfg: RunConfig, tokenizer, n_exa
     if len(examples) < 20:
         warnings.append(f"only {len(examples)} examples: expect the model to learn little (or to memorise)")
 
-    shown_rows, _ = _encode(examples[:n_examples], tokenizer, d)
+    # The first rows as encoded, kept even when nothing in them is trained: that is worth seeing.
+    shown, _ = encode_examples(examples[:n_examples], tokenizer, d.max_length, d.train_on, d.chunk_overlap)
     return {
         "files": _files(path),
         "format": fmt,
@@ -90,5 +91,5 @@ def inspect_data(paths: str | list[str] | None, cfg: RunConfig, tokenizer, n_exa
         "trainable_share": share,
         "warnings": warnings,
         # Each shown example: [(text, trained_on), ...] for highlighting.
-        "examples": [segments(tokenizer, row) for row in shown_rows[:n_examples]],
+        "examples": [segments(tokenizer, rows[0]) for rows in shown],
     }

@@ -125,13 +125,14 @@ def fingerprint(cfg: RunConfig, tokenizer) -> str:
     return h.hexdigest()
 
 
-def _encode(examples: list[dict], tokenizer, data: DataSection) -> tuple[list[dict], dict]:
+def encode_rows(examples: list[dict], tokenizer, data: DataSection) -> tuple[list[dict], dict]:
+    """Encoded rows with length and n_labels; rows with nothing to learn are dropped and counted."""
     per_example, info = encode_examples(
         examples, tokenizer, data.max_length, data.train_on, data.chunk_overlap
     )
     rows, zero = [], 0
     for row in (r for rs in per_example for r in rs):
-        n_labels = sum(t != IGNORE for t in row["labels"])
+        n_labels = len(row["labels"]) - row["labels"].count(IGNORE)
         if n_labels == 0:
             zero += 1  # the answer was cut by truncation (or was empty): nothing to learn
             continue
@@ -148,9 +149,14 @@ def _dataset(rows: list[dict]) -> datasets.Dataset:
 def _load_cache(cache: Path) -> dict | None:
     if not (cache / "meta.json").exists():
         return None
-    meta = json.loads((cache / "meta.json").read_text())
-    train = datasets.load_from_disk(str(cache / "train"))
-    val = datasets.load_from_disk(str(cache / "val")) if (cache / "val").exists() else None
+    try:
+        meta = json.loads((cache / "meta.json").read_text())
+        train = datasets.load_from_disk(str(cache / "train"))
+        val = datasets.load_from_disk(str(cache / "val")) if (cache / "val").exists() else None
+    except Exception as e:  # a damaged cache is only a cache: rebuild it
+        log.warning("ignoring damaged data cache %s (%s)", cache, e)
+        shutil.rmtree(cache, ignore_errors=True)
+        return None
     return {"train": train, "val": val, **meta}
 
 
@@ -158,6 +164,8 @@ def _save_cache(cache: Path, train, val, meta: dict) -> None:
     """Write to a temp dir, then rename: a crash never leaves a half-written cache behind."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
+        if cache.exists() and not (cache / "meta.json").exists():
+            shutil.rmtree(cache, ignore_errors=True)  # a leftover without meta.json was never complete
         tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name[:16]}-", dir=cache.parent))
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # a bar per split for a sub-second save is noise
@@ -198,8 +206,8 @@ def prepare_data(cfg: RunConfig, tokenizer) -> dict:
         train_ex, (val_ex, *_) = examples, load_examples(d.val_path, d)
     else:
         train_ex, val_ex = split_examples(examples, d.val_ratio, cfg.train.seed)
-    train_rows, info = _encode(train_ex, tokenizer, d)
-    val_rows, val_info = _encode(val_ex, tokenizer, d) if val_ex else ([], {"zero_label_rows": 0})
+    train_rows, info = encode_rows(train_ex, tokenizer, d)
+    val_rows, val_info = encode_rows(val_ex, tokenizer, d)
     if not train_rows:
         raise DatasetError(
             f"all {info['n_rows']} rows have zero trainable tokens after masking/truncation; "
@@ -207,8 +215,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> dict:
         )
     train, val = _dataset(train_rows), _dataset(val_rows) if val_rows else None
     rows = train_rows + val_rows
-    lengths = info["lengths"] + (val_info.get("lengths") or [])
-    tokens = length_stats(lengths)
+    tokens = length_stats(info["lengths"] + val_info["lengths"])
     stats = {
         "format": fmt,
         "mapping": mapping,
@@ -217,8 +224,8 @@ def prepare_data(cfg: RunConfig, tokenizer) -> dict:
         "n_val": len(val_rows),
         **{f"tokens_{k}": v for k, v in tokens.items()},
         "max_length": d.max_length,
-        "truncated": info["truncated"] + val_info.get("truncated", 0),
-        "chunked": info["chunked"] + val_info.get("chunked", 0),
+        "truncated": info["truncated"] + val_info["truncated"],
+        "chunked": info["chunked"] + val_info["chunked"],
         "zero_label_rows": info["zero_label_rows"] + val_info["zero_label_rows"],
         "trainable_share": round(
             sum(r["n_labels"] for r in rows) / max(1, sum(r["length"] for r in rows)), 4

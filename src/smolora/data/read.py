@@ -101,14 +101,14 @@ def read_records(
 def read_file(path: Path, text_mode: str = "whole", split: str = "train") -> list[dict]:
     """One file (or saved dataset dir) -> records; any failure becomes a DatasetError."""
     try:
-        if is_hf_dir(path):
-            return _read_hf_dir(path, split)
         suffix = path.suffix.lower()
-        if suffix not in SUPPORTED:
+        if is_hf_dir(path):
+            records = _read_hf_dir(path, split)
+        elif suffix not in SUPPORTED:
             raise DatasetError(
                 f"{path}: unsupported file type '{suffix or '(none)'}'; supported: {_supported()}"
             )
-        if suffix == ".parquet":
+        elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
             if path.stat().st_size == 0:
