@@ -189,45 +189,6 @@ def chat(
         console.print(f"[bold magenta]bot>[/] {answer}", highlight=False)
 
 
-@app.command("eval")
-def eval_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (holds config.yaml and adapter/).")],
-    data: Annotated[
-        str | None, typer.Option("--data", help="Evaluate on this file instead of the held-out split.")
-    ] = None,
-    samples: Annotated[int, typer.Option(help="Rows shown side by side.")] = 8,
-) -> None:
-    """Compare the base and the fine-tuned model on held-out prompts, side by side.
-
-    Example: smolora eval runs/quickstart --samples 5
-    """
-    from smolora.evaluate import evaluate_run
-
-    result = evaluate_run(run, data)
-    print_comparison(result, samples)
-
-
-def print_comparison(result: dict, samples: int) -> None:
-    rows = result["samples"][:samples]
-    table = Table(title="held-out examples: base vs fine-tuned", show_lines=True)
-    for col in ("prompt", "reference", "base", "fine-tuned"):
-        table.add_column(col, overflow="fold", max_width=40)
-    for r in rows:
-        table.add_row(r["prompt"][:200], r["reference"], r["base"][:200], r["fine_tuned"])
-    console.print(table)
-    m = result["metrics"]
-    score = Table(title=f"scores on {m['n']} held-out examples")
-    score.add_column("metric")
-    score.add_column("base", justify="right")
-    score.add_column("fine-tuned", justify="right")
-    score.add_column("change", justify="right")
-    for name in m["base"]:
-        b, t = m["base"][name], m["fine_tuned"][name]
-        score.add_row(name, f"{b:.3f}", f"{t:.3f}", f"{t - b:+.3f}")
-    console.print(score)
-    console.print(f"written to {result['dir']}")
-
-
 @data_app.command("inspect")
 def data_inspect(
     files: Annotated[list[str], typer.Argument(help="Data files or globs.")],
@@ -257,7 +218,7 @@ def print_inspect(report: dict, max_length: int) -> None:
     from rich.text import Text
 
     table = Table(title="data", show_header=False)
-    for key in ("format", "mapping", "counts", "lengths"):
+    for key in ("files", "format", "mapping", "counts", "lengths", "truncated", "zero_label_rows", "trainable_share"):
         if key in report:
             table.add_row(key, json.dumps(report[key], default=str))
     console.print(table)
@@ -342,13 +303,28 @@ def init(
 
 
 # --- commands defined in their own modules are registered here (one line each) -------------
+from smolora.cli_models import layers_app, models_app  # noqa: E402
+
+app.add_typer(models_app, name="models")
+app.add_typer(layers_app, name="layers")
+from smolora.cli_eval import eval_cmd, runs_app  # noqa: E402
+
+app.command("eval")(eval_cmd)
+app.add_typer(runs_app, name="runs")
+from smolora import cli_export  # noqa: E402
+
+for _deploy_cmd in (cli_export.merge, cli_export.export, cli_export.push, cli_export.serve):
+    app.command()(_deploy_cmd)
+from smolora.cli_ui import ui  # noqa: E402
+
+app.command("ui")(ui)
 
 
 def main() -> None:
     try:
         app()
     except SmoLoRAError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except MemoryError:
         err.print(
