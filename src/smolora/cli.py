@@ -63,19 +63,36 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")
     ] = False,
+    nproc: Annotated[
+        int | None, typer.Option("--nproc", help="Processes per node (one per GPU); >1 launches DDP.")
+    ] = None,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Number of machines.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's rank, 0..nnodes-1.")] = 0,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of node 0.")] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", help="Port on node 0.")] = None,
 ) -> None:
-    """Fine-tune a model as the config says.
+    """Fine-tune a model as the config says (on several processes, GPUs or nodes with --nproc/--nnodes).
 
     Example: smolora train examples/quickstart.yaml --set train.max_steps=50 --set lora.r=8
+
+    Example: smolora train examples/quickstart.yaml --nproc 4   (4 GPUs, DDP; see docs/distributed.md)
     """
     from smolora.config import load_config
+    from smolora.launch import LaunchOptions, inside_launch, run_launch, train_cli_args, wants_launch
     from smolora.train import train as run_training
 
     cfg = load_config(config, set_ or [])
     if cfg.data.path is None:
         raise SmoLoRAError("no training data: set data.path in the config or pass --set data.path=FILE")
-    run_dir = run_training(cfg, resume=resume, show_progress=not _state["quiet"])
-    console.print(f"[green]done:[/] run directory {run_dir}  (adapter in {run_dir / 'adapter'})")
+    launch = LaunchOptions(nproc, nnodes, node_rank, master_addr, master_port, cfg.train.accelerate_config)
+    if wants_launch(launch):  # re-run this command once per process under torchrun / accelerate
+        verbose = logging.getLogger("smolora").level == logging.DEBUG
+        run_launch(launch, train_cli_args(config, set_ or [], resume, _state["quiet"], verbose))
+        run_dir = cfg.run_dir
+    else:
+        run_dir = run_training(cfg, resume=resume, show_progress=not _state["quiet"])
+    if not inside_launch():  # the launching process speaks for its workers
+        console.print(f"[green]done:[/] run directory {run_dir}  (adapter in {run_dir / 'adapter'})")
 
 
 @app.command()

@@ -82,8 +82,19 @@ class DataSection(Section):
     num_proc: int | None = Field(None, ge=1)
 
 
+def _method_names() -> list[str]:
+    # Imported late: the methods live with the model code (torch), the config stays light.
+    from smolora.model.adapters import METHODS
+
+    return list(METHODS)
+
+
 class LoraSection(Section):
-    method: Literal["lora", "rslora", "dora", "pissa", "olora", "full", "freeze"] = "lora"
+    method: str = Field(
+        "lora",
+        description="A key of smolora.model.adapters.METHODS: lora, rslora, dora, pissa, olora, full, freeze.",
+        json_schema_extra=lambda schema: schema.update(enum=_method_names()),
+    )
     r: int = Field(16, ge=1)
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -93,6 +104,16 @@ class LoraSection(Section):
     plus_ratio: float | None = Field(None, gt=0, description="LoRA+: lr of B = ratio x lr of A.")
     freeze_last_n: int | None = Field(None, ge=1, description="freeze method: train only the last N layers.")
     trainable_modules: list[str] = Field(default_factory=list, description="freeze method: named modules.")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        names = _method_names()
+        if v not in names:
+            close = difflib.get_close_matches(v, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown method{hint}; known: {', '.join(names)}")
+        return v
 
 
 class TrainSection(Section):

@@ -35,3 +35,7 @@ class IntegrityError(SmoLoRAError):
     """A cached file does not match its recorded sha256."""
 
     exit_code = 1
+
+
+class ExportError(SmoLoRAError):
+    """A model cannot be merged, exported, pushed or served as asked (parity broken, unsupported shape)."""

@@ -1,49 +1,107 @@
 """Base vs fine-tuned, side by side, on the same held-out prompts.
 
 The held-out set is `data.val_path` when the run has one, else the same seeded split the
-training used. The base model's answers come from the very same weights with the adapter
-switched off, so the only difference between the two columns is the fine-tune.
+training used (`--data FILE` replaces it). For both models this computes the loss and
+perplexity on the answers (the tokens training learns) and, on batched greedy generations,
+every metric in `smolora.metrics.METRICS`; lm-eval tasks are optional. The base model's
+numbers come from the very same weights with the adapter switched off, so the only
+difference between the two columns is the fine-tune. Results go to `RUN/eval/`
+(metrics.json, samples.jsonl, report.md, report.html) and `RUN/plots/loss.png`.
 
 Run as:
     result = evaluate_run("runs/quickstart")
-    print(result["metrics"]["fine_tuned"]["exact_match"])
+    print(result["metrics"]["fine_tuned"]["exact_match"], result["report"])
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
+import math
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import TrainerCallback
+
 from smolora.config import RunConfig, load_config
 from smolora.errors import DatasetError, SmoLoRAError
+from smolora.metrics import LOWER_IS_BETTER, METRICS, exact_match, normalize  # noqa: F401 (re-exported)
+
+log = logging.getLogger("smolora")
+
+SPLITS = ("validation", "train")
 
 
-def normalize(text: str) -> str:
-    return " ".join(text.strip().split()).lower()
+def run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    if not (run_dir / "config.yaml").exists():
+        raise SmoLoRAError(
+            f"{run_dir} is not a run directory (no config.yaml); train one with: smolora train CONFIG"
+        )
+    return load_config(run_dir / "config.yaml", overrides)
 
 
-def exact_match(predictions: list[str], references: list[str]) -> float:
-    if not references:
-        return 0.0
-    return sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)) / len(
-        references
-    )
+def require_adapter(run_dir: Path) -> None:
+    """Fail before any data or model is loaded when there is nothing fine-tuned to evaluate."""
+    from smolora.model.load import ADAPTER_META, find_adapter_dir
+
+    if find_adapter_dir(run_dir) is None:
+        raise SmoLoRAError(
+            f"{run_dir} has no adapter ({run_dir / 'adapter' / ADAPTER_META} is missing): finish the run "
+            f"with: smolora train {run_dir / 'config.yaml'} --resume, or pass a finished run directory"
+        )
 
 
-METRICS = {"exact_match": exact_match}
-
-
-def held_out(cfg: RunConfig, data_path: str | None = None) -> list[dict[str, Any]]:
-    """Prompt/reference pairs: the conversation up to the last answer, and that answer."""
+def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str = "validation") -> list[dict]:
+    """The examples to evaluate on, capped at eval.max_examples (same rows for loss and generation)."""
     from smolora.data.pipeline import load_examples, split_examples
 
-    if data_path or cfg.data.val_path:
-        examples, *_ = load_examples(data_path or cfg.data.val_path, cfg.data)
-    else:
+    if data_path:
+        # A saved DatasetDict or hub dataset has named splits; a plain file is read whole.
+        examples, *_ = load_examples(data_path, cfg.data.model_copy(update={"split": split}))
+        return examples[: cfg.eval.max_examples]
+    if split not in SPLITS:
+        raise SmoLoRAError(
+            f"--split {split}: a run's own data has the splits {' and '.join(SPLITS)}; "
+            "for another split pass --data DATASET --split NAME"
+        )
+    if split == "validation" and cfg.data.val_path:
+        examples, *_ = load_examples(cfg.data.val_path, cfg.data)
+    elif split == "train" and cfg.data.val_path:
         examples, *_ = load_examples(cfg.data.path, cfg.data)
-        _, examples = split_examples(examples, cfg.data.val_ratio, cfg.train.seed)
+    else:
+        train, val = split_examples(
+            load_examples(cfg.data.path, cfg.data)[0], cfg.data.val_ratio, cfg.train.seed
+        )
+        examples = val if split == "validation" else train
+        if not examples:
+            raise DatasetError(
+                "the run has no held-out split (data.val_ratio=0 and no data.val_path); "
+                "pass --data FILE with prompt and answer fields"
+            )
+    return examples[: cfg.eval.max_examples]
+
+
+def data_source(cfg: RunConfig, data_path: str | None, split: str) -> str:
+    """Where the evaluated examples came from, in words for metrics.json and the report."""
+
+    def names(p: str | list[str] | None) -> str:
+        return ", ".join(p) if isinstance(p, list) else str(p)
+
+    if data_path:
+        return data_path
+    if cfg.data.val_path:
+        return names(cfg.data.val_path if split == "validation" else cfg.data.path)
+    return f"{names(cfg.data.path)} ({split} part of the seeded split: val_ratio {cfg.data.val_ratio}, seed {cfg.train.seed})"
+
+
+def prompt_pairs(examples: list[dict]) -> list[dict[str, Any]]:
+    """Prompt/reference pairs: the conversation up to the last answer, and that answer.
+
+    Plain-text examples have no answer to compare with; they still count for the loss.
+    """
     pairs = []
     for ex in examples:
         messages = ex.get("messages")
@@ -52,27 +110,54 @@ def held_out(cfg: RunConfig, data_path: str | None = None) -> list[dict[str, Any
         pairs.append(
             {"messages": messages[:-1], "reference": messages[-1]["content"], "domain": ex.get("domain")}
         )
+    return pairs
+
+
+def held_out(cfg: RunConfig, data_path: str | None = None) -> list[dict[str, Any]]:
+    """Prompt/reference pairs of the held-out split (kept for callers of the first version)."""
+    pairs = prompt_pairs(held_out_examples(cfg, data_path))
     if not pairs:
         raise DatasetError(
             "no held-out prompt/answer pairs to evaluate; pass --data FILE with prompt and answer fields"
         )
-    return pairs[: cfg.eval.max_examples]
+    return pairs
 
 
-def run_config(run_dir: Path) -> RunConfig:
-    if not (run_dir / "config.yaml").exists():
-        raise SmoLoRAError(
-            f"{run_dir} is not a run directory (no config.yaml); train one with: smolora train CONFIG"
+@torch.inference_mode()
+def answer_loss(model, tokenizer, examples: list[dict], cfg: RunConfig) -> dict[str, float]:
+    """Mean token loss on the trained-on tokens (answers, or all of plain text) and its perplexity.
+
+    Rows are encoded exactly as for training (same template, masking and max_length), so the
+    fine-tuned number matches the eval loss logged during training on the same split.
+    """
+    from smolora.collate import pad_batch
+    from smolora.data.pipeline import encode_rows
+    from smolora.loss import chunked_lm_loss
+
+    rows, _ = encode_rows(examples, tokenizer, cfg.data)
+    if not rows:
+        return {}
+    rows.sort(key=lambda r: r["length"])  # less padding per batch
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(rows), cfg.eval.batch_size):
+        batch = pad_batch(rows[start : start + cfg.eval.batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss_sum, n = chunked_lm_loss(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk=cfg.train.loss_chunk
         )
-    return load_config(run_dir / "config.yaml")
+        total, count = total + float(loss_sum), count + n
+    loss = total / max(count, 1)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
-def _generate_all(model, tokenizer, pairs: list[dict], cfg: RunConfig) -> list[str]:
+def generate_answers(model, tokenizer, pairs: list[dict], cfg: RunConfig) -> list[str]:
+    """Batched greedy answers (left padding inside generate()), in input order."""
     from smolora.generate import generate
 
     out: list[str] = [""] * len(pairs)
     # Group by domain so each batch shares one domain tag.
-    for domain in {p["domain"] for p in pairs}:
+    for domain in dict.fromkeys(p["domain"] for p in pairs):
         idx = [i for i, p in enumerate(pairs) if p["domain"] == domain]
         answers = generate(
             model,
@@ -88,31 +173,138 @@ def _generate_all(model, tokenizer, pairs: list[dict], cfg: RunConfig) -> list[s
     return out
 
 
-def evaluate_run(run_dir: str | Path, data_path: str | None = None) -> dict[str, Any]:
-    """Generate with base and fine-tuned model, score both, write eval/metrics.json."""
-    from smolora.model.load import load_for_inference
+def score(predictions: list[str], references: list[str]) -> dict[str, float]:
+    return {name: fn(predictions, references) for name, fn in METRICS.items()}
 
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    pairs = held_out(cfg, data_path)
+
+def base_and_tuned(run_dir: Path) -> Iterator[tuple[str, Any, Any]]:
+    """("fine_tuned", model, tokenizer), then ("base", ...): the adapter switched off, or the
+    base weights loaded anew after a full fine-tune (which has no adapter to switch off)."""
+    from smolora.config import ModelSection
+    from smolora.model.load import load_base, load_for_inference
+
     model, tokenizer, meta = load_for_inference(run_dir)
-    tuned = _generate_all(model, tokenizer, pairs, cfg)
-    # Same weights, adapter off: the base model exactly as training started from it.
-    off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    with off:
-        base = _generate_all(model, tokenizer, pairs, cfg)
+    yield "fine_tuned", model, tokenizer
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield "base", model, tokenizer
+        return
+    del model
+    section = ModelSection(
+        name=meta["base_model"], drop_layers=meta.get("drop_layers", []), keep_layers=meta.get("keep_layers")
+    )
+    base, base_tokenizer = load_base(section)
+    base.eval()
+    yield "base", base, base_tokenizer
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_path: str | None = None,
+    split: str = "validation",
+    overrides: list[str] | None = None,
+    lm_eval_tasks: list[str] | None = None,
+    include_path: str | Path | None = None,
+    lm_eval_limit: int | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Score base and fine-tuned model, write RUN/eval/ (and the report), return what was written."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    require_adapter(run_dir)
+    # Everything that can fail on bad input fails here, before a model is loaded.
+    task_manager = None
+    if lm_eval_tasks:
+        from smolora.harness import find_tasks
+
+        task_manager = find_tasks(lm_eval_tasks, include_path)
+    examples = held_out_examples(cfg, data_path, split)
+    pairs = prompt_pairs(examples)
     refs = [p["reference"] for p in pairs]
+
+    scores: dict[str, dict[str, float]] = {}
+    outputs: dict[str, list[str]] = {}
+    seconds: dict[str, float] = {}
+    for which, model, tokenizer in base_and_tuned(run_dir):
+        t0 = time.perf_counter()
+        scores[which] = answer_loss(model, tokenizer, examples, cfg)
+        if pairs:
+            outputs[which] = generate_answers(model, tokenizer, pairs, cfg)
+            scores[which].update(score(outputs[which], refs))
+        if lm_eval_tasks:
+            from smolora.harness import run_lm_eval
+
+            scores[which].update(
+                run_lm_eval(model, tokenizer, lm_eval_tasks, task_manager, cfg.eval.batch_size, lm_eval_limit)
+            )
+        seconds[which] = round(time.perf_counter() - t0, 2)
+        log.info("%s: %s (%.1f s)", which, _brief(scores[which]), seconds[which])
+
     metrics = {
-        "base": {name: fn(base, refs) for name, fn in METRICS.items()},
-        "fine_tuned": {name: fn(tuned, refs) for name, fn in METRICS.items()},
+        "run": str(run_dir),
+        "data": data_source(cfg, data_path, split),
+        "split": split,
         "n": len(pairs),
+        "n_examples": len(examples),
+        "base": scores["base"],
+        "fine_tuned": scores["fine_tuned"],
+        "difference": {k: scores["fine_tuned"][k] - scores["base"][k] for k in scores["fine_tuned"]},
+        "lower_is_better": sorted(LOWER_IS_BETTER & set(scores["fine_tuned"])),
+        "generation": {"max_new_tokens": cfg.eval.max_new_tokens, "greedy": True},
+        "lm_eval": {"tasks": lm_eval_tasks, "include_path": str(include_path) if include_path else None}
+        if lm_eval_tasks
+        else None,
+        "seconds": seconds,
     }
     samples = [
         {"prompt": p["messages"][-1]["content"], "reference": r, "base": b, "fine_tuned": t}
-        for p, r, b, t in zip(pairs, refs, base, tuned, strict=True)
+        for p, r, b, t in zip(
+            pairs, refs, outputs.get("base", []), outputs.get("fine_tuned", []), strict=True
+        )
     ]
     out_dir = run_dir / "eval"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    return {"metrics": metrics, "samples": samples, "dir": out_dir}
+    result: dict[str, Any] = {"metrics": metrics, "samples": samples, "dir": out_dir}
+    if report:
+        from smolora.report import write_report
+
+        result.update(write_report(run_dir, cfg, metrics, samples))
+    return result
+
+
+def _brief(scores: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in list(scores.items())[:4])
+
+
+class SampleGenerations(TrainerCallback):
+    """eval.generate_every: greedy answers to a few held-out prompts, appended to RUN/generations.jsonl.
+
+    One line per prompt and step (`{"step", "prompt", "reference", "output"}`), so a run shows
+    how its answers change while it trains; the report prints them as a table.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, tokenizer, n_prompts: int = 3):
+        self.cfg, self.tokenizer, self.path = cfg, tokenizer, run_dir / "generations.jsonl"
+        try:
+            self.pairs = prompt_pairs(held_out_examples(cfg))[:n_prompts]
+        except SmoLoRAError as e:  # no held-out split: nothing to show, training goes on
+            log.warning("eval.generate_every: no held-out prompts (%s)", e)
+            self.pairs = []
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        every = self.cfg.eval.generate_every
+        if not (every and self.pairs and state.is_world_process_zero and state.global_step % every == 0):
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            answers = generate_answers(model, self.tokenizer, self.pairs, self.cfg)
+        finally:
+            model.train(was_training)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for p, a in zip(self.pairs, answers, strict=True):
+                row = {"step": state.global_step, "prompt": p["messages"][-1]["content"]}
+                f.write(json.dumps({**row, "reference": p["reference"], "output": a}) + "\n")
+        log.info("step %d sample: %s", state.global_step, answers[0][:120].replace("\n", " "))

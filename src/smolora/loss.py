@@ -3,8 +3,11 @@
 The plain path computes `batch x seq x vocab` logits (8 x 512 x 49,152 floats = 800 MB,
 plus as much again for its gradient) and throws most of them away: prompt and padding
 positions have no label. Here the decoder runs once, the hidden states at labelled
-positions are gathered, and the lm head + cross-entropy run on them in chunks under
-activation checkpointing, so only one chunk of logits is alive at a time.
+positions are gathered, and the lm head + cross-entropy run on them in chunks. Each
+chunk's gradient (softmax - one-hot, times the head) is computed right away in the
+forward pass, so backward is one multiplication and only one chunk of logits is ever
+alive: no recomputation (as activation checkpointing would need) and no upcast copy of
+the logits (float32 stays float32; bf16 logits are upcast one chunk at a time).
 
 Run as:
     loss_sum, n = chunked_lm_loss(model, input_ids, attention_mask, labels, chunk=1024)
@@ -15,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
 def split_lm(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
@@ -24,19 +26,74 @@ def split_lm(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     get_decoder = getattr(base, "get_decoder", None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = get_decoder() if get_decoder else None
-    if decoder is None or head is None or decoder is base:
+    if decoder is None or head is None or decoder is base or not isinstance(head, nn.Linear):
         return None
     return decoder, head
 
 
-def _head_ce_sum(
-    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None
+class _HeadCrossEntropy(torch.autograd.Function):
+    """sum_i CE(softcap(h_i W^T + b), y_i), with the gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk: int, softcap: float | None):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        # float32 or wider for the softmax and the sums; bf16/fp16 are upcast one chunk at a time.
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h, y = hidden[start : start + chunk], targets[start : start + chunk]
+            logits = F.linear(h, weight, bias)
+            if softcap:  # Gemma-style final logit soft-capping
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            logits = logits.to(acc)  # a no-op in float32: no copy of the logits
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if not (need_h or need_w or need_b):
+                continue
+            # d(sum CE)/d logits = softmax - one_hot, built in place in the logits buffer.
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(len(y), device=y.device), y] -= 1.0
+            if softcap:
+                grad *= 1.0 - capped.to(acc) ** 2
+            grad = grad.to(hidden.dtype)
+            if need_h:
+                grad_h[start : start + chunk] = grad @ weight
+            if need_w:
+                grad_w += (grad.t() @ h).to(acc)
+            if need_b:
+                grad_b += grad.sum(0).to(acc)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.param_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = grad_out
+        return (
+            (grad_h * scale.to(grad_h.dtype)) if grad_h is not None else None,
+            (grad_w * scale).to(ctx.param_dtype) if grad_w is not None else None,
+            (grad_b * scale).to(ctx.param_dtype) if grad_b is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def head_cross_entropy(
+    hidden: torch.Tensor,
+    head: nn.Linear,
+    targets: torch.Tensor,
+    chunk: int = 1024,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    logits = head(hidden)
-    if softcap:  # Gemma-style final logit soft-capping
-        logits = torch.tanh(logits / softcap) * softcap
-    # cross_entropy upcasts internally where it must; no float() copy of the logits here.
-    return F.cross_entropy(logits, targets, reduction="sum")
+    """Summed cross-entropy of `head(hidden)` against `targets` (rows: positions), in chunks."""
+    total = _HeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap)
+    return total.to(hidden.dtype)
 
 
 def chunked_lm_loss(
@@ -46,9 +103,14 @@ def chunked_lm_loss(
     labels: torch.Tensor,
     chunk: int = 1024,
     position_ids: torch.Tensor | None = None,
+    plain: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """Sum of token losses over labelled positions (next-token shifted) and their count."""
-    parts = split_lm(model)
+    """Sum of token losses over labelled positions (next-token shifted) and their count.
+
+    `plain=True` runs the model's own forward: FSDP and DeepSpeed gather sharded weights in the
+    wrapper's forward hooks, which calling the decoder directly would skip.
+    """
+    parts = None if plain else split_lm(model)
     if parts is None:  # unknown architecture: the plain path, same numbers, more memory
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         targets = labels[:, 1:]
@@ -66,15 +128,8 @@ def chunked_lm_loss(
     targets = labels[:, 1:]
     keep = targets != -100
     selected = hidden[:, :-1][keep]
-    selected_targets = targets[keep]
     n = selected.shape[0]
+    if n == 0:  # nothing to learn in this batch; keep the graph so backward() still works
+        return hidden.sum() * 0.0, 0
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    total = hidden.new_zeros(())
-    for start in range(0, n, chunk):
-        h, y = selected[start : start + chunk], selected_targets[start : start + chunk]
-        if torch.is_grad_enabled() and h.requires_grad:
-            # Recompute this chunk's logits in backward instead of keeping them.
-            total = total + checkpoint(_head_ce_sum, h, y, head, softcap, use_reentrant=False)
-        else:
-            total = total + _head_ce_sum(h, y, head, softcap)
-    return total, n
+    return head_cross_entropy(selected, head, targets[keep], chunk, softcap), n

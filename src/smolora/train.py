@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,26 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArg
 from smolora.collate import Collator
 from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
+from smolora.distributed import (
+    SyncStop,
+    check_saved_weights,
+    dist_state,
+    full_state_dict,
+    global_tokens,
+    local_threads,
+    on_main,
+)
 from smolora.errors import TrainingError
 from smolora.loss import chunked_lm_loss
-from smolora.model.adapters import METHODS, trainable_summary
+from smolora.model.adapters import METHODS, save_weights, trainable_summary
 from smolora.model.load import ADAPTER_META, load_base, physical_cores, pick_device
 from smolora.model.store import read_manifest, resolve_model
 from smolora.progress import RunLogger, setup_logging
+from smolora.stopping import StopOnSignal
 
 log = logging.getLogger("smolora")
+# transformers 5 warns about its own internal call inside Trainer; nothing for users to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 class SmoLoRATrainer(Trainer):
@@ -43,6 +56,7 @@ class SmoLoRATrainer(Trainer):
         super().__init__(*args, **kw)
         self.loss_chunk = loss_chunk
         self.counter = counter if counter is not None else {"tokens": 0}
+        self.synced: dict[str, int] = {}  # the global token count at the last log (several processes)
         # Our loss divides by the label count of the whole accumulated batch (num_items_in_batch),
         # so Trainer must count it and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
@@ -58,10 +72,19 @@ class SmoLoRATrainer(Trainer):
             inputs["labels"],
             chunk=self.loss_chunk,
             position_ids=inputs.get("position_ids"),
+            plain=self.is_fsdp_enabled or self.is_deepspeed_enabled,
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
         loss = total / denominator
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts the labels of all ranks and DDP averages the gradients over
+            # ranks: scale back up so N processes x batch b step like 1 process x batch N*b.
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kw: Any) -> None:
+        global_tokens(self.counter, self.synced)  # every rank logs at the same steps: tokens/s is global
+        super().log(logs, *args, **kw)
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
@@ -97,6 +120,8 @@ def tracking_env(cfg: RunConfig, run_dir: Path) -> None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     if "mlflow" in cfg.train.report_to:
         os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+        # mlflow 3 refuses a plain-folder store unless told; it needs no server or database.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     if "wandb" in cfg.train.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_DIR", str(run_dir))
@@ -134,10 +159,16 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str, has_val: bool
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if batching_mode(cfg, device) == "grouped" else "random",
+        train_sampling_strategy="group_by_length"
+        if batching_mode(cfg, device) == "grouped" and not cfg.data.streaming
+        else "random",
+        # A stream is sharded per rank (each reads its own part) instead of rank 0 reading for all.
+        accelerator_config={"dispatch_batches": False} if cfg.data.streaming else None,
         length_column_name="length",
         torch_compile=t.compile,
         save_only_model=False,
+        # Every trainable weight (LoRA A/B) gets a gradient each step: skip DDP's extra graph walk.
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -178,12 +209,18 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def save_adapter(model, tokenizer, cfg: RunConfig, run_dir: Path, data: dict[str, Any]) -> Path:
-    """PEFT adapter (or full weights) + tokenizer + smolora.json, written atomically."""
+def save_adapter(
+    model, tokenizer, cfg: RunConfig, run_dir: Path, data: dict[str, Any], state_dict: dict | None = None
+) -> Path:
+    """PEFT adapter (or full weights) + tokenizer + smolora.json, written atomically.
+
+    `state_dict`: the gathered weights when FSDP / ZeRO-3 sharded them (see distributed.py).
+    """
     out = run_dir / "adapter"
     tmp = run_dir / "adapter.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    # PiSSA/OLoRA are converted to a LoRA that fits the untouched base
+    save_weights(model, tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     manifest = read_manifest(resolve_model(cfg.model.name, cfg.model.revision)) or {}
     weights = manifest.get("files", {}).get("model.safetensors", {})
@@ -206,27 +243,38 @@ def save_adapter(model, tokenizer, cfg: RunConfig, run_dir: Path, data: dict[str
 
 
 def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> Path:
-    """Run the whole recipe and return the run directory."""
-    run_dir = prepare_run_dir(cfg, resume)
-    setup_logging(run_dir / "train.log", level=logging.getLogger("smolora").level or logging.INFO)
-    save_config(cfg, run_dir / "config.yaml")
+    """Run the whole recipe and return the run directory.
+
+    Under `smolora train --nproc N` (torchrun / accelerate launch) every process runs this; rank 0
+    alone writes the run directory, its logs and the adapter (see distributed.py).
+    """
+    device = pick_device(cfg.model.device)
+    state = dist_state(device)  # one process: a no-op; launched: joins the process group
+    run_dir = on_main(state, lambda: prepare_run_dir(cfg, resume))
+    if state.is_main_process:
+        setup_logging(run_dir / "train.log", level=logging.getLogger("smolora").level or logging.INFO)
+        save_config(cfg, run_dir / "config.yaml")
+    else:
+        logging.getLogger("smolora").setLevel(logging.WARNING)  # one voice: rank 0's
     tracking_env(cfg, run_dir)
     set_seed(cfg.train.seed)
-    device = pick_device(cfg.model.device)
     if device == "cpu":
-        torch.set_num_threads(cfg.train.threads or physical_cores())
+        torch.set_num_threads(local_threads(cfg.train.threads, physical_cores()))
 
     # 1. model and tokenizer (layer surgery happens inside load_base, before any adapter)
+    with state.local_main_process_first():  # a first-time model conversion happens once per node
+        resolve_model(cfg.model.name, cfg.model.revision)
     model, tokenizer = load_base(cfg.model, device)
     log.info(
         "model %s: %d layers on %s (%s)", cfg.model.name, model.config.num_hidden_layers, device, model.dtype
     )
 
     # 2. data: read, detect, clean, split, render, mask, tokenize (cached by fingerprint)
-    data = prepare_data(cfg, tokenizer)
+    with state.local_main_process_first():  # the tokenization cache is built once, then read by all
+        data = prepare_data(cfg, tokenizer)
     stats = data["stats"]
     log.info(
-        "data: %s format, %d train / %d val rows%s",
+        "data: %s format, %s train / %d val rows%s",
         data["format"],
         stats["n_train"],
         stats["n_val"],
@@ -269,16 +317,32 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> P
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(RunLogger(run_dir, counter, show_progress))
+    if cfg.eval.generate_every:  # a few held-out answers every N steps, into generations.jsonl
+        from smolora.evaluate import SampleGenerations
+
+        trainer.add_callback(SampleGenerations(cfg, run_dir, tokenizer))
 
     # 5. train (resuming restores optimizer, scheduler, RNG and dataloader position)
     checkpoint = last_checkpoint(run_dir) if resume else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    stopper = StopOnSignal()  # Ctrl-C / SIGTERM / the UI's Stop: checkpoint, then stop
+    trainer.add_callback(stopper)
+    if state.num_processes > 1:
+        trainer.add_callback(SyncStop(stopper))  # after the stopper: every rank stops at the same step
+    with stopper.installed():
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stopper.requested:
+        log.warning(
+            "stopped at step %d; checkpoint kept in %s", trainer.state.global_step, last_checkpoint(run_dir)
+        )
+        raise KeyboardInterrupt
     if data["val"] is not None:
         trainer.evaluate()
 
-    # 6. the result
-    adapter = save_adapter(model, tokenizer, cfg, run_dir, data)
+    # 6. the result (FSDP / ZeRO-3: gather the shards on every rank, write on rank 0, then check it)
+    weights = full_state_dict(trainer)
+    adapter = on_main(state, lambda: save_adapter(model, tokenizer, cfg, run_dir, data, state_dict=weights))
+    on_main(state, lambda: check_saved_weights(adapter, model, trained=trainer.state.global_step > 0))
     log.info("adapter saved to %s", adapter)
     return run_dir

@@ -1,21 +1,34 @@
 """Fine-tuning methods: one function each, in one dict. Adding a method is one function.
 
-Each takes the base model and the `lora` config section and returns the model to train
-(a PEFT model, or the base with `requires_grad` set).
+Each takes the base model (layer surgery already applied) and the `lora` config section and
+returns the model to train: a PEFT model, or the base with `requires_grad` set. The key in
+`METHODS` is what `lora.method` accepts. Two more knobs live elsewhere because they are not
+a different model: LoRA+ (`lora.plus_ratio`, an optimizer with a higher lr for B, built in
+train.py) and QLoRA (`model.load_in_4bit` / `load_in_8bit`, a quantized base from load.py,
+which any PEFT method here then trains).
 
 Run as:
     model = METHODS[cfg.lora.method](model, cfg.lora)
+    save_weights(model, "runs/x/adapter")   # PEFT adapter, or full weights for full/freeze
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
 from smolora.config import LoraSection
 from smolora.errors import ConfigError
 from smolora.model.surgery import decoder_layers
+
+# PiSSA and OLoRA rewrite the base weights at init; the starting adapter is kept here so the
+# final save can turn the trained adapter into a plain LoRA that fits the untouched base.
+INITIAL_ADAPTER_ATTR = "smolora_initial_adapter"
 
 
 def find_target_modules(model: nn.Module) -> list[str]:
@@ -55,6 +68,15 @@ def _peft(model: nn.Module, cfg: LoraSection, **extra) -> nn.Module:
     return get_peft_model(model, config)
 
 
+def _keep_initial_adapter(model: nn.Module) -> nn.Module:
+    """Save the freshly initialised adapter (PiSSA/OLoRA) for the conversion at save time."""
+    path = Path(tempfile.mkdtemp(prefix="smolora-init-")) / "initial"
+    atexit.register(shutil.rmtree, path.parent, True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    setattr(model, INITIAL_ADAPTER_ATTR, str(path))
+    return model
+
+
 def lora(model: nn.Module, cfg: LoraSection) -> nn.Module:
     return _peft(model, cfg)
 
@@ -65,16 +87,18 @@ def rslora(model: nn.Module, cfg: LoraSection) -> nn.Module:
 
 
 def dora(model: nn.Module, cfg: LoraSection) -> nn.Module:
+    # Weight-decomposed LoRA: a learned magnitude per output row plus a LoRA direction.
     return _peft(model, cfg, use_dora=True)
 
 
 def pissa(model: nn.Module, cfg: LoraSection) -> nn.Module:
     # Fast SVD init from the principal singular vectors; converges faster than random A.
-    return _peft(model, cfg, init_lora_weights="pissa_niter_4")
+    return _keep_initial_adapter(_peft(model, cfg, init_lora_weights="pissa_niter_4"))
 
 
 def olora(model: nn.Module, cfg: LoraSection) -> nn.Module:
-    return _peft(model, cfg, init_lora_weights="olora")
+    # Orthonormal init from a QR decomposition of the base weights.
+    return _keep_initial_adapter(_peft(model, cfg, init_lora_weights="olora"))
 
 
 def full(model: nn.Module, cfg: LoraSection) -> nn.Module:
@@ -86,7 +110,9 @@ def full(model: nn.Module, cfg: LoraSection) -> nn.Module:
 def freeze(model: nn.Module, cfg: LoraSection) -> nn.Module:
     """Train only the last N decoder layers and/or modules whose name contains a given string."""
     if not cfg.freeze_last_n and not cfg.trainable_modules:
-        raise ConfigError("lora.method=freeze needs lora.freeze_last_n or lora.trainable_modules")
+        raise ConfigError(
+            "lora.method=freeze needs lora.freeze_last_n (e.g. 2) or lora.trainable_modules (e.g. [mlp])"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     layers = decoder_layers(model)
@@ -97,6 +123,11 @@ def freeze(model: nn.Module, cfg: LoraSection) -> nn.Module:
     for name, p in model.named_parameters():
         if any(key in name for key in cfg.trainable_modules):
             p.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            f"lora.trainable_modules {cfg.trainable_modules} matches no parameter name; "
+            "names look like model.layers.3.mlp.down_proj.weight"
+        )
     return model
 
 
@@ -109,6 +140,25 @@ METHODS: dict[str, Callable[[nn.Module, LoraSection], nn.Module]] = {
     "full": full,
     "freeze": freeze,
 }
+
+
+def save_weights(model: nn.Module, out_dir: str | Path, state_dict: dict | None = None) -> None:
+    """A PEFT adapter (plain LoRA format, loadable on the original base), or full weights.
+
+    full and freeze save the whole model: it loads in plain transformers, layer surgery
+    included (the saved config already has the surviving layers). `state_dict`: weights
+    gathered from FSDP / ZeRO-3 shards (the model's own parameters are only this rank's shard).
+    """
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    initial = getattr(model, INITIAL_ADAPTER_ATTR, None)
+    if initial is not None:
+        # PiSSA/OLoRA trained on a modified base; save the difference to the initial adapter
+        # as a rank-2r LoRA, so the adapter fits the unmodified base model.
+        model.save_pretrained(
+            str(out_dir), safe_serialization=True, path_initial_model_for_weight_conversion=initial, **extra
+        )
+    else:
+        model.save_pretrained(str(out_dir), safe_serialization=True, **extra)
 
 
 def trainable_summary(model: nn.Module) -> tuple[int, int]:

