@@ -1,0 +1,145 @@
+"""CLI commands the UI runs for the user: one subprocess each, no shell, output to a log file.
+
+A job is a plain dict (argv, cwd, log path, the Popen, timestamps). Its state is read from
+the process itself: running, stopping, finished (exit 0), stopped (the user asked) or
+failed (anything else, with the `error:` line and the log tail to show). Stopping sends
+SIGINT, which training answers by saving a checkpoint and exiting; if the process is still
+there after a grace period it gets a second SIGINT, then SIGKILL.
+
+Run as:
+    job = start_job("train", [sys.executable, "-m", "smolora.cli", "train", "my.yaml"], Path("."), Path("t.log"))
+    print(job_state(job)["state"])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The same CLI a user types, run with this interpreter (so the UI and CLI never drift)."""
+    return [sys.executable, "-m", "smolora.cli", *args]
+
+
+def start_job(kind: str, argv: list[str], cwd: Path, log_path: Path, **meta: Any) -> dict[str, Any]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach the file (and the browser) as they happen
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+    return {
+        "id": uuid.uuid4().hex[:12],
+        "kind": kind,
+        "argv": argv,
+        "cwd": str(cwd),
+        "log": log_path,
+        "proc": proc,
+        "started": time.time(),
+        "ended": None,
+        "stop_requested": False,
+        **meta,
+    }
+
+
+def job_state(job: dict[str, Any]) -> dict[str, Any]:
+    """What the browser needs to know about a job, as JSON-ready values."""
+    rc = job["proc"].poll()
+    if rc is None:
+        state = "stopping" if job["stop_requested"] else "running"
+    else:
+        job["ended"] = job["ended"] or time.time()
+        state = "finished" if rc == 0 else "stopped" if job["stop_requested"] else "failed"
+    out: dict[str, Any] = {
+        "id": job["id"],
+        "kind": job["kind"],
+        "state": state,
+        "pid": job["proc"].pid,
+        "returncode": rc,
+        "command": display_command(job["argv"]),
+        "started": job["started"],
+        "elapsed": round((job["ended"] or time.time()) - job["started"], 1),
+    }
+    if state in ("failed", "stopped", "finished"):
+        tail = log_tail(job["log"])
+        out["log_tail"] = tail
+        if state == "failed":
+            out["error"] = error_line(tail) or f"the command exited with code {rc}"
+    return out
+
+
+def stop_job(job: dict[str, Any], grace_s: float = 30.0) -> None:
+    """SIGINT now (a clean stop), a second SIGINT after `grace_s`, SIGKILL after twice that."""
+    proc: subprocess.Popen = job["proc"]
+    if proc.poll() is not None or job["stop_requested"]:
+        return
+    job["stop_requested"] = True
+    proc.send_signal(signal.SIGINT)
+
+    def escalate() -> None:
+        for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, grace_s)):
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                proc.send_signal(sig)
+
+    threading.Thread(target=escalate, daemon=True).start()
+
+
+def log_tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
+    if not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - max_bytes))
+        text = f.read().decode("utf-8", errors="replace")
+    text = ANSI.sub("", text).replace("\r", "\n")
+    return "\n".join(line for line in text.splitlines()[-lines:])
+
+
+def error_line(tail: str) -> str | None:
+    """The CLI prints a SmoLoRAError as one `error: ...` line; a crash ends with the exception line."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_.]+(Error|Exception|Interrupt)\b", line):
+            return line
+    return lines[-1] if lines else None
+
+
+def display_command(argv: list[str]) -> str:
+    """`smolora train x.yaml` rather than `/long/path/python -m smolora.cli train x.yaml`."""
+    import shlex
+
+    if argv[1:3] == ["-m", "smolora.cli"]:
+        argv = ["smolora", *argv[3:]]
+    return shlex.join(argv)
+
+
+def stop_all(jobs: dict[str, dict[str, Any]], timeout_s: float = 15.0) -> None:
+    """On UI shutdown: ask every running job to stop cleanly, and wait a little for them."""
+    running = [j for j in jobs.values() if j["proc"].poll() is None]
+    for job in running:
+        stop_job(job, grace_s=timeout_s / 2)
+    deadline = time.time() + timeout_s
+    for job in running:
+        try:
+            job["proc"].wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            job["proc"].kill()

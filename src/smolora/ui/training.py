@@ -1,0 +1,206 @@
+"""The Train view's server side: form -> config -> YAML file -> `smolora train` subprocess -> metrics.
+
+The form sends `--set`-style overrides (`train.lr=1e-4`), the same strings the CLI takes,
+so the config is built by the same `apply_overrides` + `build_config` as `smolora train`.
+Starting writes `configs/<name>.yaml` in the workspace and runs the CLI on it; progress is
+followed from the run's `metrics.jsonl` (and `train.log` for the step total).
+
+Run as:
+    view = preview(["model.name=tiny", "train.max_steps=20"], Path("."))
+    print(view["yaml"], view["command"])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smolora.config import RunConfig, apply_overrides, build_config
+from smolora.errors import ConfigError
+from smolora.ui.jobs import cli_argv, start_job
+from smolora.ui.workspace import OutsideWorkspace, relative, safe_path
+
+SECTIONS = list(RunConfig.model_fields)
+
+
+def parse_problems(message: str) -> list[dict[str, str]]:
+    """`build_config`'s message ("src: 2 problem(s):\\n  a.b: msg") -> [{"path", "message"}]."""
+    lines = message.splitlines()
+    body = lines[1:] if len(lines) > 1 and "problem(s)" in lines[0] else lines
+    out = []
+    for line in body:
+        path, sep, msg = line.strip().partition(": ")
+        out.append({"path": path, "message": msg} if sep else {"path": "", "message": line.strip()})
+    return out
+
+
+def workspace_problems(data: dict[str, Any], workspace: Path) -> list[dict[str, str]]:
+    """Paths in the (raw) config that would read or write outside the workspace."""
+    section = lambda name: data.get(name) if isinstance(data.get(name), dict) else {}  # noqa: E731
+    checks: list[tuple[str, Any]] = [
+        ("output.dir", section("output").get("dir")),
+        # Aliases (smollm2-135m) and hub ids resolve inside the workspace as relative paths: harmless.
+        ("model.name", section("model").get("name")),
+    ]
+    for key in ("path", "val_path"):
+        value = section("data").get(key)
+        checks += [(f"data.{key}", v) for v in (value if isinstance(value, list) else [value])]
+    problems = []
+    for key, value in checks:
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            safe_path(workspace, value)
+        except OutsideWorkspace as e:
+            problems.append({"path": key, "message": str(e)})
+    return problems
+
+
+def nested_yaml(data: dict[str, Any]) -> str:
+    ordered = {k: data[k] for k in SECTIONS if k in data}
+    ordered.update({k: v for k, v in data.items() if k not in ordered})
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True) if ordered else "{}\n"
+
+
+def run_name(data: dict[str, Any]) -> str:
+    name = (data.get("output") or {}).get("name") if isinstance(data.get("output"), dict) else None
+    return str(name) if name else time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def preview(overrides: list[str], workspace: Path) -> dict[str, Any]:
+    """Validate the form; return problems (per field), the YAML and the equivalent commands."""
+    try:
+        data = apply_overrides({}, overrides)
+    except ConfigError as e:
+        return {"ok": False, "problems": [{"path": "", "message": str(e)}], "yaml": "", "command": ""}
+    cfg, problems = None, []
+    try:
+        cfg = build_config(data, "form")
+    except ConfigError as e:
+        problems = parse_problems(str(e))
+    problems += workspace_problems(data, workspace)
+    if cfg is not None and cfg.data.path is None:
+        problems.append({"path": "data.path", "message": "pick a training data file (see the Data view)"})
+    name = run_name(data)
+    if "output" not in data or not isinstance(data["output"], dict) or not data["output"].get("name"):
+        data = {**data, "output": {**(data.get("output") or {}), "name": name}}
+    config_file = f"configs/{name}.yaml"
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "data": data,
+        "name": name,
+        "yaml": nested_yaml(data),
+        "config_file": config_file,
+        "command": f"smolora train {config_file}",
+        "set_command": shlex.join(["smolora", "train", *[a for o in overrides for a in ("--set", o)]]),
+        "run_dir": str(Path(cfg.output.dir) / name) if cfg else None,
+    }
+
+
+def start_training(overrides: list[str], workspace: Path, resume: bool = False) -> dict[str, Any]:
+    """Write configs/<name>.yaml and start `smolora train` on it; raise ConfigError when invalid."""
+    view = preview(overrides, workspace)
+    if not view["ok"]:
+        raise ConfigError("; ".join(f"{p['path']}: {p['message']}".lstrip(": ") for p in view["problems"]))
+    cfg = build_config(view["data"], "form")
+    config_path = safe_path(workspace, view["config_file"])
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(
+        f"# written by `smolora ui`; train the same way with: {view['command']}\n" + view["yaml"],
+        encoding="utf-8",
+    )
+    argv = cli_argv("train", view["config_file"], *(["--resume"] if resume else []))
+    return start_job(
+        "train",
+        argv,
+        workspace,
+        config_path.with_suffix(".console.log"),
+        run_dir=safe_path(workspace, str(cfg.run_dir)),
+        name=view["name"],
+        max_steps=cfg.train.max_steps,
+        epochs=cfg.train.epochs,
+        batch=cfg.train.batch_size * cfg.train.grad_accum,
+        seen=[],  # (time, step) observations for the ETA
+    )
+
+
+def read_metrics(path: Path, not_before: float = 0.0) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; a file older than the job belongs to the run it replaces, so it is skipped."""
+    if not path.exists() or path.stat().st_mtime < not_before:
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the line being written right now
+    return rows
+
+
+def total_steps(job: dict[str, Any]) -> tuple[int | None, bool]:
+    """(steps, exact): max_steps when set, else trainer_state.json, else an estimate from train.log."""
+    if job.get("max_steps"):
+        return job["max_steps"], True
+    run_dir: Path = job["run_dir"]
+    states = sorted(run_dir.glob("checkpoints/checkpoint-*/trainer_state.json"))
+    if states:
+        try:
+            return int(json.loads(states[-1].read_text())["max_steps"]), True
+        except (ValueError, KeyError, OSError):
+            pass
+    log = run_dir / "train.log"
+    if log.exists():
+        m = re.search(r"(\d+) train / (\d+) val rows", log.read_text(errors="replace"))
+        if m:
+            per_epoch = max(1, math.ceil(int(m.group(1)) / job["batch"]))
+            return math.ceil(job["epochs"] * per_epoch), False
+    return None, False
+
+
+def progress(job: dict[str, Any], since: int = 0) -> dict[str, Any]:
+    """New metric rows plus step, total, loss, tokens/s and ETA for the Train view."""
+    rows = read_metrics(job["run_dir"] / "metrics.jsonl", job["started"] - 1)
+    step = max((r.get("step", 0) for r in rows), default=0)
+    now = time.time()
+    seen = job["seen"]
+    if step and (not seen or seen[-1][1] != step):
+        seen.append((now, step))
+    total, exact = total_steps(job)
+    eta = None
+    if total and len(seen) >= 2 and seen[-1][1] > seen[0][1] and job["proc"].poll() is None:
+        rate = (seen[-1][1] - seen[0][1]) / max(seen[-1][0] - seen[0][0], 1e-6)
+        eta = max(0.0, (total - step) / rate)
+    last = next((r for r in reversed(rows) if "loss" in r), {})
+    evals = [r for r in rows if "eval_loss" in r]
+    return {
+        "run_dir": str(job["run_dir"]),
+        "name": job["name"],
+        "rows": rows[since:],
+        "n_rows": len(rows),
+        "step": step,
+        "total_steps": total,
+        "total_exact": exact,
+        "loss": last.get("loss"),
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "tokens_per_s": last.get("tokens_per_s"),
+        "eta_s": round(eta, 1) if eta is not None else None,
+        "checkpoints": sorted(
+            p.name for p in (job["run_dir"] / "checkpoints").glob("checkpoint-*") if p.is_dir()
+        ),
+        "train_log_tail": _tail(job["run_dir"] / "train.log"),
+        "config_file": relative(Path(job["cwd"]), Path(job["cwd"]) / "configs" / f"{job['name']}.yaml"),
+    }
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    from smolora.ui.jobs import log_tail
+
+    return log_tail(path, lines)

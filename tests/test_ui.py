@@ -1,0 +1,334 @@
+"""The web UI's HTTP API on the tiny model: config preview, path safety, upload and inspect,
+runs, chat streaming, model store, training subprocess failure, and the clean stop on SIGINT.
+
+The browser scenarios (Playwright + Chromium) are in test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from smolora.ui import create_app
+from smolora.ui.jobs import error_line
+from smolora.ui.workspace import OutsideWorkspace, safe_path
+
+HEADERS = {"X-SmoLoRA": "1"}
+QA_ROWS = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(40)]
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_model_dir) -> Path:
+    """A workspace holding the tiny model and a question/answer file."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    shutil.copytree(tiny_model_dir, root / "tiny-llama")
+    (root / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in QA_ROWS) + "\n")
+    return root
+
+
+@pytest.fixture
+def client(ws) -> TestClient:
+    with TestClient(create_app(ws), headers=HEADERS) as c:
+        yield c
+
+
+def tiny_overrides(name: str, *extra: str) -> list[str]:
+    return [
+        "model.name=tiny-llama",
+        "data.path=qa.jsonl",
+        "data.max_length=64",
+        "train.batch_size=4",
+        "train.lr=1e-2",
+        f"output.name={name}",
+        *extra,
+    ]
+
+
+def train_run(ws: Path, name: str, *extra: str) -> Path:
+    """A finished run in the workspace, trained in-process (seconds on the tiny model)."""
+    from smolora.config import load_config
+    from smolora.train import train
+
+    overrides = [
+        *tiny_overrides(name, "train.max_steps=6", "train.save_every=3", *extra),
+        f"model.name={ws / 'tiny-llama'}",
+        f"data.path={ws / 'qa.jsonl'}",
+        f"output.dir={ws / 'runs'}",
+    ]
+    return train(load_config(None, overrides), show_progress=False)
+
+
+# --- the page, schema and config preview ------------------------------------------------
+
+
+def test_page_and_static_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "SmoLoRA" in page.text
+    assert "cdn" not in page.text.lower() and "https://" not in page.text  # nothing from the network
+    for name in ("main.js", "train.js", "chart.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    info = client.get("/api/info").json()
+    assert "train" in info["commands"] and info["workspace"].endswith("ws")
+
+
+def test_schema_has_every_section_with_defaults(client):
+    body = client.get("/api/schema").json()
+    assert list(body["schema"]["properties"]) == ["model", "data", "lora", "train", "eval", "output"]
+    assert body["defaults"]["lora"]["r"] == 16 and body["defaults"]["model"]["name"] == "smollm2-135m"
+
+
+def test_preview_reports_problems_per_field(client):
+    view = client.post(
+        "/api/config/preview", json={"overrides": ["data.max_length=2", "trian.lr=1", "data.path=qa.jsonl"]}
+    ).json()
+    assert not view["ok"]
+    paths = {p["path"]: p["message"] for p in view["problems"]}
+    assert "greater than or equal to 8" in paths["data.max_length"]
+    assert "did you mean 'train'" in paths["trian"]
+
+
+def test_preview_gives_yaml_and_the_same_cli_command(client):
+    view = client.post("/api/config/preview", json={"overrides": tiny_overrides("demo")}).json()
+    assert view["ok"], view["problems"]
+    assert view["command"] == "smolora train configs/demo.yaml"
+    assert "--set model.name=tiny-llama" in view["set_command"]
+    assert "model:\n  name: tiny-llama" in view["yaml"] and view["run_dir"] == "runs/demo"
+
+
+def test_preview_requires_data_and_paths_inside_the_workspace(client):
+    no_data = client.post("/api/config/preview", json={"overrides": ["output.name=x"]}).json()
+    assert [p["path"] for p in no_data["problems"]] == ["data.path"]
+    outside = client.post(
+        "/api/config/preview", json={"overrides": ["data.path=../../etc/passwd", "output.dir=/tmp"]}
+    ).json()
+    assert {"data.path", "output.dir"} <= {p["path"] for p in outside["problems"]}
+    refused = client.post("/api/train/start", json={"overrides": ["data.path=/etc/hosts"]})
+    assert refused.status_code == 400 and "outside the workspace" in refused.json()["error"]
+
+
+# --- security: workspace paths, the write header, the host check --------------------------
+
+
+def test_safe_path_refuses_everything_outside(ws, tmp_path):
+    assert safe_path(ws, "qa.jsonl") == ws / "qa.jsonl"
+    assert safe_path(ws, str(ws / "qa.jsonl")) == ws / "qa.jsonl"
+    (ws / "escape").symlink_to(tmp_path)
+    for bad in ("../x", "/etc/passwd", "a/../../x", "~/x", "escape/x", "", "a\x00b"):
+        with pytest.raises(OutsideWorkspace):
+            safe_path(ws, bad)
+
+
+def test_uploads_land_in_the_workspace_only(client, ws):
+    for bad in ("../evil.jsonl", "/tmp/evil.jsonl", "uploads/../../evil.jsonl"):
+        r = client.post(f"/api/upload?path={bad}", content=b'{"text": "x"}\n')
+        assert r.status_code == 403, bad
+        assert "outside the workspace" in r.json()["error"]
+    assert not (ws.parent / "evil.jsonl").exists()
+    assert client.post("/api/upload?path=run.sh", content=b"rm -rf /").status_code == 400
+    ok = client.post("/api/upload?path=uploads/qa.jsonl", content=(ws / "qa.jsonl").read_bytes())
+    assert ok.status_code == 200 and ok.json()["path"] == "uploads/qa.jsonl"
+    assert (ws / "uploads" / "qa.jsonl").read_bytes() == (ws / "qa.jsonl").read_bytes()
+    assert "uploads/qa.jsonl" in [f["path"] for f in client.get("/api/files").json()["files"]]
+
+
+def test_every_path_parameter_is_checked(client):
+    assert client.post("/api/data/inspect", json={"path": "../../etc/passwd"}).status_code == 403
+    assert client.get("/api/runs/compare?a=../..&b=/").status_code == 403
+    assert client.get("/api/runs/file/../../etc/passwd").status_code in (403, 404)
+    assert client.get("/api/export/parity?run=/etc").status_code == 403
+    chat = client.post("/api/chat", json={"model": "/etc", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 403
+    assert client.post("/api/models/remove", json={"name": "../.."}).status_code == 400
+
+
+def test_writes_need_the_ui_header(ws):
+    with TestClient(create_app(ws)) as bare:  # no X-SmoLoRA header: what a cross-site form would send
+        assert bare.post("/api/upload?path=a.jsonl", content=b"{}").status_code == 403
+        assert bare.post("/api/train/start", json={"overrides": []}).status_code == 403
+        assert bare.get("/api/info").status_code == 200
+
+
+def test_foreign_host_names_are_refused(ws):
+    app = create_app(ws, allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://evil.example") as c:
+        assert c.get("/api/info").status_code == 400
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def test_inspect_shows_format_counts_histogram_and_examples(client):
+    r = client.post(
+        "/api/data/inspect",
+        json={"path": "qa.jsonl", "overrides": ["model.name=tiny-llama", "data.max_length=16"]},
+    )
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["format"] == "qa" and report["mapping"]["prompt"] == "question"
+    assert report["counts"]["input"] == 40 and report["max_length"] == 16
+    hist = report["histogram"]
+    assert sum(hist["counts"]) == 40 and hist["max_length"] == 16 and hist["over"] == report["truncated"] > 0
+    assert any("data.max_length" in w for w in report["warnings"])
+    roomy = client.post(
+        "/api/data/inspect", json={"path": "qa.jsonl", "overrides": ["model.name=tiny-llama"]}
+    )
+    segments = roomy.json()["examples"][0]  # the prompt is context, the answer is trained on
+    assert any(trained for _, trained in segments) and any(not trained for _, trained in segments)
+    assert "It is 1." in "".join(text for text, trained in segments if trained)
+    assert client.post("/api/data/inspect", json={"path": "missing.jsonl"}).status_code == 404
+
+
+def test_inspect_a_bad_file_is_a_clear_400(client, ws):
+    (ws / "bad.jsonl").write_text('{"question": "a"\n')
+    r = client.post("/api/data/inspect", json={"path": "bad.jsonl", "overrides": ["model.name=tiny-llama"]})
+    assert r.status_code == 400 and "bad.jsonl" in r.json()["error"]
+
+
+# --- runs, chat, models, export ------------------------------------------------------------
+
+
+def test_runs_list_compare_and_chat_stream(client, ws):
+    train_run(ws, "a")
+    train_run(ws, "b", "lora.r=4")
+    runs = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert set(runs) == {"a", "b"}
+    assert runs["a"]["status"] == "done" and runs["a"]["has_adapter"] and runs["a"]["steps"] == 6
+    assert runs["a"]["path"] == "runs/a" and runs["a"]["final_loss"] > 0
+
+    cmp = client.get("/api/runs/compare?a=runs/a&b=runs/b").json()
+    assert {"key": "lora.r", "a": 16, "b": 4} in cmp["config"]
+    assert len([r for r in cmp["curves"]["a"] if "loss" in r]) == 6
+
+    models = client.get("/api/chat/models").json()
+    assert {"value": "runs/a", "base": str(ws / "tiny-llama")} in models["runs"]
+
+    with client.stream(
+        "POST",
+        "/api/chat",
+        json={
+            "model": "runs/a",
+            "messages": [{"role": "user", "content": "What is 3 plus one?"}],
+            "max_new_tokens": 8,
+        },
+    ) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[0]["status"] == "loading" and events[-1] == {"done": True}
+    assert "".join(e.get("text", "") for e in events)  # streamed pieces make an answer
+
+
+def test_chat_with_an_unknown_model_streams_the_error(client):
+    with client.stream(
+        "POST", "/api/chat", json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+    ) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert "unknown model" in events[-1]["error"]
+
+
+def test_model_store_list_verify_remove(client, ws):
+    from smolora.model.store import pull_model
+
+    pull_model(str(ws / "tiny-llama"))
+    listed = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    assert listed["tiny-llama"]["status"] == "ok" and listed["smollm2-135m"]["status"] == "not pulled yet"
+    verified = client.post("/api/models/verify", json={"name": "tiny-llama"}).json()
+    assert verified["ok"] and verified["checked"] > 0
+    assert client.post("/api/models/remove", json={"name": "tiny-llama"}).json()["removed"] == "tiny-llama"
+    assert "tiny-llama" not in {m["name"] for m in client.get("/api/models").json()["models"]}
+
+
+def test_export_uses_the_cli_or_its_function():
+    from smolora.ui.export import export_argv
+
+    cli = export_argv("gguf", "runs/a", "q8_0", None, {"export", "merge"})
+    assert cli[1:] == ["-m", "smolora.cli", "export", "runs/a", "--format", "gguf", "--quant", "q8_0"]
+    fallback = export_argv("merge", "runs/a", "f16", "out", set())
+    if fallback is not None:  # smolora.export.merge_run exists: it runs in a subprocess of its own
+        assert (
+            fallback[1] == "-c"
+            and "merge_run" in fallback[2]
+            and fallback[3:] == ["runs/a", "merge", "f16", "out"]
+        )
+
+
+# --- the training subprocess ----------------------------------------------------------------
+
+
+def test_a_dying_training_process_shows_its_error_and_log(client, ws):
+    (ws / "empty.jsonl").write_text("\n")
+    r = client.post("/api/train/start", json={"overrides": tiny_overrides("dies", "data.path=empty.jsonl")})
+    assert r.status_code == 200, r.text
+    assert client.post("/api/train/start", json={"overrides": tiny_overrides("x")}).status_code == 409
+    deadline = time.time() + 300
+    status = client.get("/api/train/status").json()
+    while status["state"] == "running" and time.time() < deadline:
+        time.sleep(0.5)
+        status = client.get("/api/train/status").json()
+    assert status["state"] == "failed" and status["returncode"] == 2
+    assert status["error"].startswith("error:") and "empty.jsonl" in status["error"]
+    assert "empty.jsonl" in status["log_tail"]
+    assert (ws / "configs" / "dies.yaml").exists()  # the file the command ran on stays, for the CLI
+    assert client.get("/api/info").status_code == 200  # the UI itself carries on
+
+
+def test_error_line_prefers_the_cli_error():
+    assert error_line("INFO x\nerror: no data\n") == "error: no data"
+    assert error_line("Traceback\n  File x\nValueError: bad\n") == "ValueError: bad"
+    assert error_line("") is None
+
+
+def test_sigint_saves_a_checkpoint_and_stops(tiny_model_dir, qa_file, tmp_path):
+    """What the UI's Stop button relies on: SIGINT -> checkpoint at the step's end -> KeyboardInterrupt."""
+    from transformers import TrainerCallback
+
+    import smolora.train as train_module
+    from smolora.config import load_config
+
+    class SignalAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                signal.raise_signal(signal.SIGINT)
+
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.path={qa_file}",
+            "data.max_length=64",
+            "train.batch_size=4",
+            "train.max_steps=50",
+            "train.save_every=100",
+            f"output.dir={tmp_path / 'runs'}",
+            "output.name=stopped",
+        ],
+    )
+    original = train_module.SmoLoRATrainer.__init__
+
+    def with_signal(self, *a, **kw):
+        original(self, *a, **kw)
+        self.add_callback(SignalAtStep3())
+
+    train_module.SmoLoRATrainer.__init__ = with_signal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train(cfg, show_progress=False)
+    finally:
+        train_module.SmoLoRATrainer.__init__ = original
+    run = tmp_path / "runs" / "stopped"
+    # save_every=100, so the one checkpoint is the stop's own, at the end of the signalled step
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["checkpoint-3"]
+    assert not (run / "adapter").exists()  # not a finished run: `--resume` continues it
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_cli_ui_help_has_an_example():
+    r = subprocess.run([sys.executable, "-m", "smolora.cli", "ui", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Example: smolora ui" in r.stdout and "127.0.0.1" in r.stdout
