@@ -1,0 +1,239 @@
+"""Batched decoding for the server: a queue of requests, one generate() call per batch.
+
+A single worker (`batch_loop`) takes the oldest waiting job plus every other waiting job for
+the same served model, up to `max_batch`, and decodes them together. Each row keeps its own
+max_tokens, temperature, top-p and stop strings (`RowSampling`, `BatchControl`); text is
+streamed back to the request's asyncio queue as it grows; a cancelled row stops at the next
+token, which frees its slot. Static batching: jobs arriving mid-batch wait for the next one.
+
+Run as:
+    served = Served(model, tokenizer, names={"base": {"adapter": None, ...}}, default="base")
+    asyncio.create_task(batch_loop(served)); submit(served, job); ... cancel(served, job)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from smolora.export import plain_generation
+from smolora.generate import end_token_ids
+
+log = logging.getLogger("smolora")
+
+
+@dataclass
+class Job:
+    """One request's row in a batch, and the channel its tokens go back through."""
+
+    model: str
+    ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+    ignore_eos: bool
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    out_ids: list[int] = field(default_factory=list)
+    sent: int = 0  # characters already streamed
+    text: str = ""
+    finish: str | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class Served:
+    """The model in memory, what each served name means, and the batching state."""
+
+    model: Any
+    tokenizer: Any
+    names: dict[str, dict[str, Any]]  # served name -> {"adapter": peft name or None, template, system}
+    default: str
+    max_batch: int = 8
+    batch_wait: float = 0.02
+    max_queue: int = 256
+    context: int = 2048
+    pending: list[Job] = field(default_factory=list)
+    current: list[Job] = field(default_factory=list)  # the batch being decoded
+    stats: dict[str, int] = field(default_factory=lambda: {"completed": 0, "cancelled": 0, "batches": 0})
+    tok_lock: threading.Lock = field(default_factory=threading.Lock)
+    wake: asyncio.Event | None = None
+
+
+def submit(served: Served, job: Job) -> None:
+    served.pending.append(job)
+    assert served.wake is not None
+    served.wake.set()
+
+
+def active(served: Served) -> int:
+    """Rows of the current batch still producing tokens (a cancelled row stops at its next token)."""
+    return sum(job.finish is None for job in served.current)
+
+
+def cancel(served: Served, job: Job) -> None:
+    """The client went away: drop a queued job, or stop its row at the next token."""
+    if job.finish is None:
+        job.cancelled = True
+        if job in served.pending:
+            served.pending.remove(job)
+            served.stats["cancelled"] += 1
+            job.finish = "cancelled"
+
+
+class RowSampling(LogitsProcessor):
+    """Per-row temperature and top-p inside one sampled generate(); temperature 0 rows stay greedy."""
+
+    def __init__(self, temperature: torch.Tensor, top_p: torch.Tensor):
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        greedy = (self.temperature == 0) | (self.top_p == 0)
+        best = scores.argmax(-1)
+        scores = scores / torch.where(greedy, 1.0, self.temperature)[:, None]
+        ordered, order = scores.sort(dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        # Drop a token once the mass before it already reaches top_p; the first always stays.
+        ordered = ordered.masked_fill((probs.cumsum(-1) - probs) >= self.top_p[:, None], float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
+        one_hot = torch.full_like(scores, float("-inf")).scatter(-1, best[:, None], 0.0)
+        return torch.where(greedy[:, None], one_hot, scores)
+
+
+class BatchControl(StoppingCriteria):
+    """Called after every decoding step: streams each row's new text and decides which rows are done."""
+
+    def __init__(self, served: Served, jobs: list[Job]):
+        self.served, self.jobs = served, jobs
+        self.eos = set(end_token_ids(served.tokenizer))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        last = input_ids[:, -1].tolist()
+        done = []
+        for job, token in zip(self.jobs, last, strict=True):
+            if job.finish is None:
+                self.step(job, token)
+            done.append(job.finish is not None)
+        return torch.tensor(done, device=input_ids.device)
+
+    def step(self, job: Job, token: int) -> None:
+        if job.cancelled:
+            return finish(self.served, job, "cancelled")
+        if token in self.eos and not job.ignore_eos:
+            return finish(self.served, job, "stop")
+        job.out_ids.append(token)
+        with self.served.tok_lock:
+            text = self.served.tokenizer.decode(job.out_ids, skip_special_tokens=True)
+        hits = [text.index(s) for s in job.stop if s in text]
+        if hits:
+            job.text = text[: min(hits)]
+            return finish(self.served, job, "stop")
+        job.text = text
+        if len(job.out_ids) >= job.max_tokens:
+            return finish(self.served, job, "length")
+        # Hold back a half-decoded character and anything that may be the start of a stop string.
+        safe = len(text.rstrip("\ufffd"))
+        for s in job.stop:
+            for k in range(min(len(s) - 1, safe), 0, -1):
+                if text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        if safe > job.sent:
+            job.loop.call_soon_threadsafe(job.events.put_nowait, ("delta", text[job.sent : safe]))
+            job.sent = safe
+
+
+def finish(served: Served, job: Job, reason: str) -> None:
+    """Close a row: flush the text not yet streamed and hand the finish reason back."""
+    job.finish = reason
+    rest = job.text[job.sent :] if reason != "cancelled" else ""
+    job.sent = len(job.text)
+    served.stats["cancelled" if reason == "cancelled" else "completed"] += 1
+    if rest:
+        job.loop.call_soon_threadsafe(job.events.put_nowait, ("delta", rest))
+    job.loop.call_soon_threadsafe(job.events.put_nowait, ("done", reason))
+
+
+@torch.inference_mode()
+def run_batch(served: Served, jobs: list[Job]) -> None:
+    """Decode a batch of same-model jobs with one generate() call (runs in the worker thread)."""
+    from transformers import GenerationConfig
+
+    model, tok = served.model, served.tokenizer
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else end_token_ids(tok)[0]
+    width = max(len(j.ids) for j in jobs)
+    input_ids = torch.full((len(jobs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(jobs), width), dtype=torch.long)
+    for i, job in enumerate(jobs):  # left padding: every row's next token comes right after its prompt
+        input_ids[i, width - len(job.ids) :] = torch.tensor(job.ids)
+        mask[i, width - len(job.ids) :] = 1
+    sample = any(j.temperature > 0 and j.top_p > 0 for j in jobs)
+    # No eos here: BatchControl ends each row at end-of-turn itself (ignore_eos is per row).
+    config = GenerationConfig(
+        max_new_tokens=max(j.max_tokens for j in jobs), do_sample=sample, pad_token_id=pad
+    )
+    if sample:
+        config.top_k = 0  # RowSampling does temperature and top-p per row; no global top-k
+    processors = []
+    if sample:
+        temperature = torch.tensor([j.temperature for j in jobs], device=device)
+        processors.append(RowSampling(temperature, torch.tensor([j.top_p for j in jobs], device=device)))
+    adapter = served.names[jobs[0].model]["adapter"]
+    if adapter is not None:
+        model.set_adapter(adapter)
+    off = (
+        model.disable_adapter()
+        if adapter is None and hasattr(model, "disable_adapter")
+        else contextlib.nullcontext()
+    )
+    with off, plain_generation(model):
+        model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=[BatchControl(served, jobs)],
+        )
+
+
+async def batch_loop(served: Served) -> None:
+    """The single worker: oldest job first, batched with every waiting job for the same model."""
+    assert served.wake is not None
+    while True:
+        while not served.pending:
+            served.wake.clear()
+            await served.wake.wait()
+        if len(served.pending) < served.max_batch:
+            await asyncio.sleep(served.batch_wait)  # let requests sent together share the batch
+        if not served.pending:  # all of them cancelled meanwhile
+            continue
+        name = served.pending[0].model
+        jobs = [j for j in served.pending if j.model == name][: served.max_batch]
+        served.pending = [j for j in served.pending if j not in jobs]
+        jobs = [j for j in jobs if not j.cancelled]
+        if not jobs:
+            continue
+        served.current = jobs
+        served.stats["batches"] += 1
+        try:
+            await asyncio.to_thread(run_batch, served, jobs)
+        except Exception as e:  # a failed batch answers its own requests, the server lives on
+            log.exception("generation failed")
+            for job in jobs:
+                if job.finish is None:
+                    job.finish = "error"
+                    job.events.put_nowait(("error", f"generation failed: {e}"))
+        finally:
+            for job in jobs:  # a row the criteria never saw (generate ended early) still gets closed
+                if job.finish is None:
+                    finish(served, job, "length")
+            served.current = []

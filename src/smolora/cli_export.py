@@ -1,0 +1,158 @@
+"""CLI commands to deploy a run: `merge`, `export`, `push`, `serve` (registered in cli.py).
+
+Run as:
+    smolora merge runs/quickstart
+    smolora export runs/quickstart --format gguf --quant q8_0
+    smolora push runs/quickstart --repo me/quickstart-lora
+    smolora serve runs/quickstart --adapter other=runs/other --api-key secret
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from smolora.errors import SmoLoRAError
+
+console = Console()
+
+RunArg = Annotated[str, typer.Argument(help="Run directory (or its adapter/ directory).")]
+
+
+def print_parity(out_dir: Path) -> None:
+    parity = json.loads((out_dir / "parity.json").read_text())
+    table = Table(title=f"parity vs the {parity['reference']} on {len(parity['prompts'])} held-out prompts")
+    for col in ("artifact", "greedy match", "token agreement", "max logit diff", "perplexity", "verdict"):
+        table.add_column(col, justify="left" if col == "artifact" else "right")
+    for name, c in parity["checks"].items():
+        verdict = (
+            "[red]FAIL[/]" if c["broken"] else ("[green]ok[/]" if c["precision"] != "q8_0" else "reported")
+        )
+        table.add_row(
+            name,
+            f"{c['greedy_match']:.0%}",
+            f"{c['token_agreement']:.1%}",
+            f"{c['max_logit_diff']:.2g}",
+            f"{c['ppl']:.3f} ({c['ppl_rel_diff']:+.2%})",
+            verdict,
+        )
+    console.print(table)
+
+
+def merge(
+    run: RunArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default RUN/merged).")
+    ] = None,
+) -> None:
+    """Fold the adapter into the base weights (float32): safetensors that load in plain transformers.
+
+    Checks the merged model against the adapter model and writes parity.json next to it.
+
+    Example: smolora merge runs/quickstart --out merged-quickstart
+    """
+    from smolora.export import merge_run
+
+    out_dir = merge_run(run, out)
+    print_parity(out_dir)
+    console.print(f"[green]merged model:[/] {out_dir}  (AutoModelForCausalLM.from_pretrained('{out_dir}'))")
+
+
+def export(
+    run: RunArg,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="safetensors (merged), gguf or ollama.")
+    ] = "gguf",
+    quant: Annotated[str, typer.Option("--quant", "-q", help="GGUF precision: f32, f16 or q8_0.")] = "f16",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default RUN/FORMAT).")
+    ] = None,
+) -> None:
+    """Write a deployable artifact: merged safetensors, a GGUF, or a GGUF plus an Ollama Modelfile.
+
+    Every export is reloaded and compared with the adapter model (parity.json); f32/f16 fail
+    beyond tolerance, q8_0 reports its drift.
+
+    Example: smolora export runs/quickstart --format ollama --quant q8_0
+    """
+    from smolora.export import export_run
+
+    out_dir = export_run(run, format, quant, out)
+    print_parity(out_dir)
+    console.print(f"[green]{format} written to[/] {out_dir}")
+    if format == "ollama":
+        console.print(f"next: cd {out_dir} && ollama create my-model -f Modelfile && ollama run my-model")
+
+
+def push(
+    run: RunArg,
+    repo: Annotated[str, typer.Option("--repo", help="Hub repo id: USER/NAME.")],
+    merged: Annotated[
+        bool, typer.Option("--merged", help="Upload the merged model, not the adapter.")
+    ] = False,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    token: Annotated[
+        str | None, typer.Option(help="Hub token (default: HF_TOKEN or `hf auth login`).")
+    ] = None,
+    message: Annotated[str | None, typer.Option(help="Commit message.")] = None,
+) -> None:
+    """Upload the adapter (or, with --merged, the merged model) with a generated model card.
+
+    Example: smolora push runs/quickstart --repo me/quickstart-lora --private
+    """
+    from smolora.push import push_run
+
+    result = push_run(run, repo, merged=merged, private=private, token=token, message=message)
+    console.print(
+        f"[green]pushed[/] {len(result['files'])} files to {result['url']} (commit {result['commit'][:10]})"
+    )
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    adapters = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SmoLoRAError(
+                f"--adapter {item!r}: expected NAME=RUN_DIR, e.g. --adapter support=runs/support"
+            )
+        if name in adapters:
+            raise SmoLoRAError(f"--adapter {name} given twice; each served name must be unique")
+        adapters[name] = path
+    return adapters
+
+
+def serve(
+    model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter", "-a", help="Serve another adapter on the same base: NAME=RUN (repeatable)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you set --api-key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SMOLORA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together (1: one at a time).")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for company.")] = 20.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: physical cores).")] = None,
+) -> None:
+    """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
+
+    The request's `model` field picks the base model or any adapter by name.
+
+    Example: smolora serve runs/quickstart --adapter other=runs/other --port 8000
+    """
+    from smolora.serve import serve as run_server
+
+    run_server(model, parse_adapters(adapter or []), host, port, api_key, max_batch, batch_wait_ms, threads)

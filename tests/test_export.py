@@ -1,0 +1,266 @@
+"""Merge, GGUF and Ollama export on a tiny trained run: every artifact reloads and matches the adapter model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from smolora.errors import ExportError
+from smolora.export import export_run, judge, merge_run, write_parity
+from smolora.gguf_export import write_gguf
+from smolora.ollama import modelfile_text, template_parts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny matmuls gain nothing from threads, and on a shared 2-core machine extra threads
+    # spin against other processes (measured: an export takes 4 s on one thread, 20 s on two).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_tiny(tmp_path_factory, tiny_model_dir, *extra: str):
+    """A LoRA run trained for 2 steps on the tiny Llama."""
+    from smolora.config import load_config
+    from smolora.train import train
+
+    root = tmp_path_factory.mktemp("export-run")
+    data = root / "qa.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."}) + "\n"
+            for i in range(24)
+        )
+    )
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.path={data}",
+            "data.max_length=64",
+            "train.batch_size=4",
+            "train.lr=1e-2",
+            "train.max_steps=2",
+            "train.threads=1",
+            f"output.dir={root / 'runs'}",
+            "output.name=tiny",
+            *extra,
+        ],
+    )
+    return train(cfg, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    return train_tiny(tmp_path_factory, tiny_model_dir)
+
+
+def logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0]
+
+
+PROBE = "<|im_start|>user\nWhat is 3 plus one?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_merge_equals_adapter_and_loads_without_smolora(tiny_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from smolora.model.load import load_for_inference
+
+    out = merge_run(tiny_run, tmp_path / "merged")
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and parity["checks"]["merged"]["greedy_match"] == 1.0
+    assert parity["checks"]["merged"]["max_logit_diff"] < 1e-5
+
+    adapter_model, tok, _ = load_for_inference(tiny_run, device="cpu")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    ids = tok(PROBE, add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(logits(merged, ids), logits(adapter_model, ids), atol=1e-5, rtol=0)
+    gen = json.loads((out / "generation_config.json").read_text())
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in (gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]])
+
+    # Plain transformers, in a process that never imports smolora, gives the adapter's greedy tokens.
+    with torch.inference_mode():
+        expected = adapter_model.generate(
+            torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(ids) :].tolist()
+    script = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}); t = AutoTokenizer.from_pretrained({str(out)!r})\n"
+        f"ids = t({PROBE!r}, add_special_tokens=False, return_tensors='pt')['input_ids']\n"
+        "out = m.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)\n"
+        "assert 'smolora' not in sys.modules\n"
+        "print(json.dumps(out[0, ids.shape[1]:].tolist()))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_gguf_f32_reloads_through_transformers_and_matches(tiny_run, tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = export_run(tiny_run, "gguf", "f32", tmp_path / "gguf")
+    path = out / "tiny-f32.gguf"
+    parity = json.loads((out / "parity.json").read_text())
+    check = parity["checks"]["gguf-f32"]
+    assert parity["passed"] and check["tokenizer_match"] and check["chat_template_match"]
+    assert check["greedy_match"] == 1.0 and check["max_logit_diff"] < 1e-4
+
+    reader = gguf.GGUFReader(path)
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert field("general.architecture") == "llama"
+    assert field("tokenizer.ggml.model") == "gpt2" and "<|im_start|>" in field("tokenizer.chat_template")
+    assert field("llama.block_count") == 2 and field("llama.attention.head_count_kv") == 2
+    names = {t.name for t in reader.tensors}
+    assert {
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.1.ffn_down.weight",
+        "output_norm.weight",
+    } <= names
+    assert "output.weight" not in names  # tied embeddings
+
+    # Our own reload: the q/k permutation is undone exactly, logits equal the merged model's.
+    merged = AutoModelForCausalLM.from_pretrained(merge_run(tiny_run, tmp_path / "merged"))
+    reloaded = AutoModelForCausalLM.from_pretrained(out, gguf_file=path.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(out, gguf_file=path.name)
+    ids = tok(PROBE, add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(logits(reloaded, ids), logits(merged, ids), atol=1e-4, rtol=0)
+
+
+def test_f16_within_tolerance_and_q8_0_reports_drift(tiny_run, tmp_path):
+    f16 = json.loads((export_run(tiny_run, "gguf", "f16", tmp_path / "f16") / "parity.json").read_text())
+    assert f16["passed"] and f16["checks"]["gguf-f16"]["broken"] == []
+    q8 = export_run(tiny_run, "gguf", "q8_0", tmp_path / "q8")
+    check = json.loads((q8 / "parity.json").read_text())["checks"]["gguf-q8_0"]
+    assert check["max_logit_diff"] > f16["checks"]["gguf-f16"]["max_logit_diff"] > 0  # drift is measured
+    assert check["broken"] == []  # and reported, not judged
+    assert (q8 / "tiny-q8_0.gguf").stat().st_size < (tmp_path / "f16" / "tiny-f16.gguf").stat().st_size
+
+
+def test_ollama_export_writes_modelfile_from_the_chat_template(tiny_run, tmp_path):
+    out = export_run(tiny_run, "ollama", "f16", tmp_path / "ollama")
+    assert (out / "model.gguf").exists() and json.loads((out / "parity.json").read_text())["passed"]
+    text = (out / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in text
+    assert '{{ else if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in text
+    assert text.count('PARAMETER stop "<|im_end|>"') == 1 and "PARAMETER temperature 0" in text
+    assert 'TEMPLATE """' in text and text.index("{{ end }}{{ end }}<|im_start|>assistant\n") > 0
+
+
+SMOLLM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' "
+    "+ m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [SMOLLM_TEMPLATE, LLAMA3_STYLE], ids=["smollm", "llama3-style"])
+def test_template_parts_rebuild_the_jinja_rendering(tiny_tokenizer, template):
+    parts = template_parts(tiny_tokenizer, template)
+    convo = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
+    rebuilt = parts["lead"] + "".join(parts[m["role"]][0] + m["content"] + parts[m["role"]][1] for m in convo)
+    expected = tiny_tokenizer.apply_chat_template(
+        convo, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    assert rebuilt + parts["generation"] == expected
+    if template is SMOLLM_TEMPLATE:  # the template's own default system turn becomes SYSTEM
+        assert parts["default_system"].startswith("You are a helpful AI assistant named SmolLM")
+        assert 'SYSTEM """You are a helpful' in modelfile_text(tiny_tokenizer, template, None, "m.gguf", 512)
+    else:
+        assert parts["lead"] == tiny_tokenizer.bos_token and parts["default_system"] is None
+
+
+def test_untranslatable_template_is_refused(tiny_tokenizer):
+    odd = "{% for m in messages %}{{ loop.index }}:{{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(ExportError, match="Ollama TEMPLATE"):
+        template_parts(tiny_tokenizer, odd)
+
+
+def test_qwen2_model_exports_to_gguf(tmp_path, tiny_tokenizer):
+    """No adapter at all: a plain Qwen2 directory (with q/k/v biases, no q/k permutation) round-trips."""
+    from conftest import make_tiny_model
+
+    src = tmp_path / "qwen2"
+    make_tiny_model(len(tiny_tokenizer), arch="qwen2").save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    out = export_run(str(src), "gguf", "f32", tmp_path / "gguf")
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and "merged" not in parity["checks"]
+    assert parity["checks"]["gguf-f32"]["max_logit_diff"] < 1e-4
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path, tiny_tokenizer):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(len(tiny_tokenizer), arch="gemma3")
+    with pytest.raises(ExportError, match="GGUF export supports"):
+        write_gguf(model, tiny_tokenizer, tmp_path / "x.gguf", "f16", "x", {})
+
+
+def test_broken_parity_fails_loudly_after_writing_the_report(tmp_path):
+    row = {"greedy_match": 0.5, "token_agreement": 0.6, "max_logit_diff": 3.0, "ppl_rel_diff": 0.2}
+    assert judge({**row, "max_logit_diff_rel": 0.1}, "f16") and judge(row, "q8_0") == []
+    report = {
+        "checks": {"gguf-f16": {**row, "broken": ["max logit diff 3 > 0.5"]}, "merged": {**row, "broken": []}}
+    }
+    with pytest.raises(ExportError, match="parity check failed.*gguf-f16"):
+        write_parity(tmp_path, report)
+    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
+
+
+def test_cli_merge_and_bad_quant(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from smolora.cli import app
+
+    r = CliRunner().invoke(app, ["export", str(tiny_run), "--quant", "q4"])
+    assert isinstance(r.exception, ExportError) and "--quant q4" in str(r.exception)
+    r = CliRunner().invoke(app, ["merge", str(tiny_run), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "parity" in r.output and (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_layer_surgery_survives_merge_and_gguf(tmp_path_factory, tiny_model_dir, tmp_path):
+    """A run trained with layer 0 dropped: the merged model and the GGUF have one layer and match the adapter."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from smolora.model.load import load_for_inference
+
+    run = train_tiny(tmp_path_factory, tiny_model_dir, "model.drop_layers=[0]")
+    merged_dir = merge_run(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert merged.config.num_hidden_layers == 1 and len(merged.model.layers) == 1
+    adapter_model, tok, _ = load_for_inference(run, device="cpu")
+    ids = tok(PROBE, add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(logits(merged, ids), logits(adapter_model, ids), atol=1e-5, rtol=0)
+
+    out = export_run(run, "gguf", "f32", tmp_path / "gguf")
+    assert json.loads((out / "parity.json").read_text())["passed"]
+    reader = gguf.GGUFReader(out / "tiny-f32.gguf")
+    assert reader.fields["llama.block_count"].contents() == 1
