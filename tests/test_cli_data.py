@@ -13,15 +13,28 @@ SHAPES = {
     "alpaca": [{"instruction": "Add one", "input": "2", "output": "3"}],
     "qa": [{"question": "What is 2 plus one?", "answer": "3"}],
     "sharegpt": [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}],
-    "messages": [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}],
+    "messages": [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    ],
 }
 
 
 def inspect(tiny_model_dir, *files):
     return subprocess.run(
-        [sys.executable, "-m", "smolora.cli", "data", "inspect", *map(str, files),
-         "--set", f"model.name={tiny_model_dir}", "--examples", "1"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "smolora.cli",
+            "data",
+            "inspect",
+            *map(str, files),
+            "--set",
+            f"model.name={tiny_model_dir}",
+            "--examples",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
     )
 
 

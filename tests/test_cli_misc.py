@@ -15,7 +15,9 @@ runner = CliRunner()
 
 def test_init_writes_a_valid_commented_config(tmp_path, qa_file):
     out = tmp_path / "my.yaml"
-    r = runner.invoke(app, ["init", "--out", str(out), "--data", str(qa_file)], input="smollm2-135m\nanswers\n")
+    r = runner.invoke(
+        app, ["init", "--out", str(out), "--data", str(qa_file)], input="smollm2-135m\nanswers\n"
+    )
     assert r.exit_code == 0, r.output
     text = out.read_text()
     assert "# SmoLoRA run config" in text and "detected format: qa" in text
@@ -47,7 +49,16 @@ def all_commands(group=None, prefix=()):
 
 def test_core_commands_registered():
     names = {" ".join(c) for c in all_commands()}
-    assert {"train", "generate", "chat", "eval", "data inspect", "config show", "config schema", "init"} <= names
+    assert {
+        "train",
+        "generate",
+        "chat",
+        "eval",
+        "data inspect",
+        "config show",
+        "config schema",
+        "init",
+    } <= names
 
 
 @pytest.mark.parametrize("cmd", list(all_commands()), ids=" ".join)

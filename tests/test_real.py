@@ -18,15 +18,35 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_real_model_cli_run(use_real_home, tmp_path):
     cmd = [
-        sys.executable, "-m", "smolora.cli", "-q", "train", str(REPO / "examples" / "quickstart.yaml"),
-        "--set", "train.max_steps=3", "--set", "train.batch_size=2", "--set", "data.max_examples=24",
-        "--set", "train.eval_every=null", "--set", f"output.dir={tmp_path}", "--set", "output.name=real",
+        sys.executable,
+        "-m",
+        "smolora.cli",
+        "-q",
+        "train",
+        str(REPO / "examples" / "quickstart.yaml"),
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "data.max_examples=24",
+        "--set",
+        "train.eval_every=null",
+        "--set",
+        f"output.dir={tmp_path}",
+        "--set",
+        "output.name=real",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=os.environ.copy())
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "real"
-    for name in ("config.yaml", "metrics.jsonl", "train.log", "adapter/adapter_model.safetensors",
-                 "adapter/smolora.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "train.log",
+        "adapter/adapter_model.safetensors",
+        "adapter/smolora.json",
+    ):
         assert (run / name).exists(), name
     meta = json.loads((run / "adapter" / "smolora.json").read_text())
     assert meta["base_model"] == "smollm2-135m" and len(meta["base_sha256"]) == 64
@@ -48,7 +68,8 @@ def test_real_model_cli_run(use_real_home, tmp_path):
             checked += 1
     assert checked >= 30 * 9  # every layer's weights were compared
     tok = AutoTokenizer.from_pretrained(run / "adapter")
-    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]

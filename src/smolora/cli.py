@@ -235,7 +235,16 @@ def print_inspect(report: dict, max_length: int) -> None:
     from rich.text import Text
 
     table = Table(title="data", show_header=False)
-    for key in ("files", "format", "mapping", "counts", "lengths", "truncated", "zero_label_rows", "trainable_share"):
+    for key in (
+        "files",
+        "format",
+        "mapping",
+        "counts",
+        "lengths",
+        "truncated",
+        "zero_label_rows",
+        "trainable_share",
+    ):
         if key in report:
             table.add_row(key, json.dumps(report[key], default=str))
     console.print(table)
@@ -335,6 +344,9 @@ for _deploy_cmd in (cli_export.merge, cli_export.export, cli_export.push, cli_ex
 from smolora.cli_ui import ui  # noqa: E402
 
 app.command("ui")(ui)
+from smolora.cli_bench import bench  # noqa: E402
+
+app.command("bench")(bench)
 
 
 def main() -> None:

@@ -74,14 +74,15 @@ def bucket_order(lengths: Sequence[int], batch_size: int, seed: int) -> list[int
     """Every index once, batch after batch: rows sorted by length (ties in random order),
     cut into batches, the batches shuffled, the longest batch first (an out-of-memory error
     shows at step 1, not hours in) and the one short batch, if any, last (the DataLoader
-    cuts the flat order every `batch_size` indices, so it must be at the end).
+    cuts the flat order every `batch_size` indices, so it must be at the end) and made of the
+    shortest rows.
     """
     g = torch.Generator().manual_seed(seed)
     shuffled = torch.randperm(len(lengths), generator=g).tolist()
     by_length = sorted(shuffled, key=lambda i: lengths[i])  # stable: equal lengths stay shuffled
-    full = len(by_length) - len(by_length) % batch_size
-    batches = [by_length[i : i + batch_size] for i in range(0, full, batch_size)]
-    rest = by_length[full:]
+    short = len(by_length) % batch_size  # the short batch gets the shortest rows: the cheapest one
+    rest = by_length[:short]
+    batches = [by_length[i : i + batch_size] for i in range(short, len(by_length), batch_size)]
     batches = [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
     if batches:
         longest = max(range(len(batches)), key=lambda j: lengths[batches[j][-1]])

@@ -40,6 +40,11 @@ class ModelSection(Section):
     gradient_checkpointing: bool = False
     attn_implementation: str | None = Field(None, description="eager, sdpa or flash_attention_2.")
     trust_remote_code: bool = False
+    backend: Literal["hf", "unsloth"] = Field(
+        "hf",
+        description="hf: transformers + PEFT. unsloth: load and add LoRA through unsloth.FastLanguageModel "
+        "(CUDA only, `pip install unsloth`; lora/rslora methods only).",
+    )
     drop_layers: list[int] = Field(default_factory=list, description="Decoder layers removed before LoRA.")
     keep_layers: int | None = Field(None, ge=1, description="Keep only the first N decoder layers.")
 
@@ -78,8 +83,10 @@ class DataSection(Section):
     domain: bool = Field(True, description="Turn a 'domain' field into a tag in the prompt (seed 002).")
     max_examples: int | None = Field(None, ge=1)
     split: str = Field("train", description="Split name for hub datasets and saved DatasetDicts.")
-    streaming: bool = False
-    num_proc: int | None = Field(None, ge=1)
+    streaming: bool = Field(
+        False, description="Read and tokenize on the fly, for data larger than RAM; needs train.max_steps."
+    )
+    num_proc: int | None = Field(None, ge=1, description="Worker processes for tokenizing (datasets.map).")
 
 
 def _method_names() -> list[str]:
@@ -133,13 +140,21 @@ class TrainSection(Section):
     log_every: int = Field(1, ge=1)
     eval_every: int | None = Field(None, ge=1, description="Eval loss every N steps (None: at the end).")
     report_to: list[str] = Field(default_factory=list, description="tensorboard, mlflow, wandb.")
-    batching: Literal["auto", "grouped", "packed", "padded"] = Field(
-        "auto", description="auto: grouped by length on CPU, packed with flash-attention on CUDA."
+    batching: Literal["auto", "bucketed", "grouped", "packed", "padded"] = Field(
+        "auto",
+        description="auto: bucketed (rows of equal length batched together) unless CUDA flash-attention "
+        "allows packed (padding-free, position_ids); grouped = transformers' LengthGroupedSampler; "
+        "padded = random order.",
     )
     loss_chunk: int = Field(1024, ge=16, description="Label positions per lm-head chunk (memory).")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: physical cores).")
-    compile: bool = False
-    accelerate_config: str | None = None
+    compile: bool = Field(
+        False, description="torch.compile the decoder layers (fuses element-wise ops; slow first steps)."
+    )
+    liger: bool = Field(True, description="Use Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA when installed.")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file (FSDP, DeepSpeed ZeRO, nodes); see examples/accelerate/."
+    )
 
     @field_validator("report_to")
     @classmethod

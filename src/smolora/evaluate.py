@@ -48,9 +48,15 @@ def require_adapter(run_dir: Path) -> None:
     from smolora.model.load import ADAPTER_META, find_adapter_dir
 
     if find_adapter_dir(run_dir) is None:
+        config = run_dir / "config.yaml"
+        fix = (
+            f"finish the run with: smolora train {config} --resume"
+            if (run_dir / "checkpoints").is_dir()
+            else f"train it first: smolora train {config}"
+        )
         raise SmoLoRAError(
-            f"{run_dir} has no adapter ({run_dir / 'adapter' / ADAPTER_META} is missing): finish the run "
-            f"with: smolora train {run_dir / 'config.yaml'} --resume, or pass a finished run directory"
+            f"{run_dir} has no adapter ({run_dir / 'adapter' / ADAPTER_META} is missing): {fix}, "
+            "or pass a finished run directory"
         )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
 
-from smolora.collate import Collator
+from smolora.collate import BucketSampler, Collator
 from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
 from smolora.distributed import (
@@ -42,6 +42,7 @@ from smolora.model.adapters import METHODS, save_weights, trainable_summary
 from smolora.model.load import ADAPTER_META, load_base, physical_cores, pick_device
 from smolora.model.store import read_manifest, resolve_model
 from smolora.progress import RunLogger, setup_logging
+from smolora.speed import apply_fast_path, fast_path, load_unsloth, pick_batching
 from smolora.stopping import StopOnSignal
 
 log = logging.getLogger("smolora")
@@ -52,7 +53,15 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 class SmoLoRATrainer(Trainer):
     """transformers' Trainer with our loss: lm head only at labelled positions, in chunks."""
 
-    def __init__(self, *args: Any, loss_chunk: int = 1024, counter: dict[str, int] | None = None, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        loss_chunk: int = 1024,
+        counter: dict[str, int] | None = None,
+        batching: str = "bucketed",
+        **kw: Any,
+    ):
+        self.batching = batching  # read by _get_train_sampler, which super().__init__ may call
         super().__init__(*args, **kw)
         self.loss_chunk = loss_chunk
         self.counter = counter if counter is not None else {"tokens": 0}
@@ -81,6 +90,15 @@ class SmoLoRATrainer(Trainer):
             # ranks: scale back up so N processes x batch b step like 1 process x batch N*b.
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        columns = getattr(dataset, "column_names", None) or []
+        if self.batching != "bucketed" or "length" not in columns:
+            return super()._get_train_sampler(train_dataset)  # grouped / random / streams
+        # Buckets of one micro-batch: each one is padded on its own.
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return BucketSampler(dataset["length"], self.args.per_device_train_batch_size, seed)
 
     def log(self, logs: dict[str, float], *args: Any, **kw: Any) -> None:
         global_tokens(self.counter, self.synced)  # every rank logs at the same steps: tokens/s is global
@@ -165,7 +183,9 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str, has_val: bool
         # A stream is sharded per rank (each reads its own part) instead of rank 0 reading for all.
         accelerator_config={"dispatch_batches": False} if cfg.data.streaming else None,
         length_column_name="length",
-        torch_compile=t.compile,
+        # train.compile compiles the decoder layers (speed.compile_layers): our loss calls the
+        # decoder directly, so a compiled wrapper around the whole model would never run.
+        torch_compile=False,
         save_only_model=False,
         # Every trainable weight (LoRA A/B) gets a gradient each step: skip DDP's extra graph walk.
         ddp_find_unused_parameters=False,
@@ -173,12 +193,8 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str, has_val: bool
 
 
 def batching_mode(cfg: RunConfig, device: str) -> str:
-    """grouped on CPU (measured fastest there); packed where flash-attention reads position_ids."""
-    if cfg.train.batching != "auto":
-        return cfg.train.batching
-    if device == "cuda" and cfg.model.attn_implementation == "flash_attention_2":
-        return "packed"
-    return "grouped"
+    """bucketed (equal-length rows together), or packed where flash-attention reads position_ids."""
+    return pick_batching(cfg, device)
 
 
 def loraplus_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer | None:
@@ -242,7 +258,9 @@ def save_adapter(
     return out
 
 
-def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> Path:
+def train(
+    cfg: RunConfig, resume: bool = False, show_progress: bool = True, callbacks: list | None = None
+) -> Path:
     """Run the whole recipe and return the run directory.
 
     Under `smolora train --nproc N` (torchrun / accelerate launch) every process runs this; rank 0
@@ -264,7 +282,8 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> P
     # 1. model and tokenizer (layer surgery happens inside load_base, before any adapter)
     with state.local_main_process_first():  # a first-time model conversion happens once per node
         resolve_model(cfg.model.name, cfg.model.revision)
-    model, tokenizer = load_base(cfg.model, device)
+    unsloth = cfg.model.backend == "unsloth"  # loads the model and adds LoRA in one go (CUDA only)
+    model, tokenizer = load_unsloth(cfg, device) if unsloth else load_base(cfg.model, device)
     log.info(
         "model %s: %d layers on %s (%s)", cfg.model.name, model.config.num_hidden_layers, device, model.dtype
     )
@@ -282,7 +301,8 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> P
     )
 
     # 3. the fine-tuning method (LoRA and relatives, full, freeze)
-    model = METHODS[cfg.lora.method](model, cfg.lora)
+    if not unsloth:
+        model = METHODS[cfg.lora.method](model, cfg.lora)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -297,10 +317,10 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> P
     )
 
     # 4. the trainer
-    mode = batching_mode(cfg, device)
-    log.info(
-        "batching: %s; loss: lm head on labelled positions only, chunks of %d", mode, cfg.train.loss_chunk
-    )
+    plan = fast_path(cfg, device)  # chosen per device: batching, dropout, compile, kernels
+    model = apply_fast_path(model, plan)
+    mode = plan["batching"]
+    log.info("fast path: %s", ", ".join(f"{k}={v}" for k, v in plan.items() if v is not None))
     counter = {"tokens": 0}
     trainer = SmoLoRATrainer(
         model=model,
@@ -312,11 +332,15 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> P
         optimizers=(loraplus_optimizer(model, cfg), None),
         loss_chunk=cfg.train.loss_chunk,
         counter=counter,
+        batching=mode,
     )
     # Our RunLogger replaces transformers' printing of raw log dicts and its tqdm bar.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(RunLogger(run_dir, counter, show_progress))
+    for callback in callbacks or []:  # e.g. `smolora bench`'s step clock (callback.counter: real tokens)
+        callback.counter = counter
+        trainer.add_callback(callback)
     if cfg.eval.generate_every:  # a few held-out answers every N steps, into generations.jsonl
         from smolora.evaluate import SampleGenerations
 

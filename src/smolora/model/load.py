@@ -108,6 +108,7 @@ def load_base(cfg: ModelSection, device: str | None = None):
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device(cfg.device)
+    quant = quantization_config(cfg, device)  # before any conversion or download: fail fast
     path = resolve_model(cfg.name, cfg.revision)
     kwargs: dict[str, Any] = {
         "dtype": pick_dtype(cfg.dtype, device),
@@ -115,7 +116,6 @@ def load_base(cfg: ModelSection, device: str | None = None):
     }
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    quant = quantization_config(cfg, device)
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0}

@@ -305,8 +305,13 @@ def list_models() -> list[dict[str, Any]]:
     return out
 
 
-def pull_model(name: str, force: bool = False, store_name: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Put a model into the store (alias, local HF dir, .gguf file or hub id) and return it."""
+def pull_model(
+    name: str, force: bool = False, store_name: str | None = None, revision: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Put a model into the store (alias, local HF dir, .gguf file or hub id) and return it.
+
+    `revision` (hub ids only): a branch, tag or commit; the manifest records the commit.
+    """
     path = Path(name).expanduser()
     if name in BUNDLED or path.suffix == ".gguf" or (not path.exists() and name.count("/") == 1):
         if store_name:
@@ -316,7 +321,7 @@ def pull_model(name: str, force: bool = False, store_name: str | None = None) ->
         if force:  # re-convert or re-download from scratch
             key = name if name in BUNDLED else cache_name(path.name if path.suffix == ".gguf" else name)
             shutil.rmtree(models_dir() / key, ignore_errors=True)
-        target = resolve_model(name)
+        target = resolve_model(name, revision)
         return target, read_manifest(target) or {}
     if path.is_dir():
         return _pull_local_dir(path, force, store_name)

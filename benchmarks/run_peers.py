@@ -1,0 +1,55 @@
+"""Run the peer scripts alone (no SmoLoRA), one process after another, and print their results.
+
+The peers themselves are not copied here: they live in ../shared/bench/peers.py (or
+$SMOLORA_BENCH_DIR), and this runner calls them as subprocesses, exactly as
+`smolora bench` does. Without that directory it says so and exits.
+
+Run as:
+    python benchmarks/run_peers.py --modes naive,grouped --steps 2 --warmup 1
+    python benchmarks/run_peers.py --model ~/.cache/smolora/models/smollm2-135m --json peers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from smolora.bench import PEER_MODES, run_peer, shared_bench_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--modes", default=",".join(PEER_MODES), help="Comma-separated peer modes.")
+    parser.add_argument("--model", default=None, help="HF model directory (default: smollm2-135m's cache).")
+    parser.add_argument("--data", type=Path, default=None, help="Default: bench.jsonl next to peers.py.")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    args = parser.parse_args()
+
+    peers_dir = shared_bench_dir()
+    if peers_dir is None:
+        sys.exit(
+            "peers not found: expected ../shared/bench/peers.py next to the repository, or set SMOLORA_BENCH_DIR"
+        )
+    if args.model is None:
+        from smolora.model.store import resolve_model
+
+        args.model = resolve_model("smollm2-135m")
+    data = args.data or peers_dir / "bench.jsonl"
+    results = []
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        result = run_peer(mode, Path(args.model), data, args.steps, args.warmup, peers_dir, args.threads)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""What is in a runs folder: one summary row per run, one run in detail, two runs compared.
+
+Everything is read from the run directory (config.yaml, metrics.jsonl, adapter/smolora.json,
+eval/metrics.json); nothing loads a model, so listing a hundred runs takes no time.
+
+Run as:
+    rows = list_runs("runs")
+    diff = compare_runs("runs/a", "runs/b")   # {"config": [...], "metrics": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smolora.errors import SmoLoRAError
+from smolora.report import read_jsonl
+
+
+def is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file()
+
+
+def require_run(path: str | Path) -> Path:
+    p = Path(path)
+    if not is_run(p):
+        hint = (
+            f"; runs there: {', '.join(r.name for r in find_runs(p))}" if p.is_dir() and find_runs(p) else ""
+        )
+        raise SmoLoRAError(
+            f"{p} is not a run directory (no config.yaml); list runs with: smolora runs list{hint}"
+        )
+    return p
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if is_run(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_run(p)), key=_run_time, reverse=True)
+
+
+def _run_time(run: Path) -> float:
+    marker = run / "adapter" / "smolora.json"
+    return (marker if marker.exists() else run / "config.yaml").stat().st_mtime
+
+
+def read_eval(run: Path) -> dict[str, Any] | None:
+    path = run / "eval" / "metrics.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def headline(evaluation: dict[str, Any] | None) -> tuple[str, float, float] | None:
+    """The score a run is known by: exact match if generated, else eval loss; (name, base, tuned)."""
+    if not evaluation:
+        return None
+    for name in ("exact_match", "eval_loss"):
+        if name in evaluation.get("fine_tuned", {}) and name in evaluation.get("base", {}):
+            return name, evaluation["base"][name], evaluation["fine_tuned"][name]
+    return None
+
+
+def run_summary(run: Path) -> dict[str, Any]:
+    """name, base model, date, steps, final loss, eval loss, eval score, status."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    rows = read_jsonl(run / "metrics.jsonl")
+    losses = [r for r in rows if r.get("loss") is not None]
+    evals = [r for r in rows if r.get("eval_loss") is not None]
+    done = (run / "adapter" / "smolora.json").exists()
+    status = "done" if done else "unfinished" if (run / "checkpoints").exists() else "not started"
+    return {
+        "name": run.name,
+        "path": str(run),
+        "base_model": (cfg.get("model") or {}).get("name"),
+        "method": (cfg.get("lora") or {}).get("method"),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(_run_time(run))),
+        "steps": losses[-1]["step"] if losses else 0,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_score": headline(read_eval(run)),
+        "status": status,
+    }
+
+
+def list_runs(root: str | Path = "runs") -> list[dict[str, Any]]:
+    return [run_summary(r) for r in find_runs(root)]
+
+
+def show_run(path: str | Path) -> dict[str, Any]:
+    run = require_run(path)
+    return {
+        **run_summary(run),
+        "config": yaml.safe_load((run / "config.yaml").read_text()) or {},
+        "eval": read_eval(run),
+        "files": sorted(
+            str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "checkpoints" not in p.parts
+        ),
+    }
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _numbers(run: Path) -> dict[str, float]:
+    """Training numbers and fine-tuned eval scores of one run, flat."""
+    s = run_summary(run)
+    out = {k: s[k] for k in ("steps", "final_loss", "eval_loss") if s[k] is not None}
+    runtime = next(
+        (r["train_runtime"] for r in reversed(read_jsonl(run / "metrics.jsonl")) if r.get("train_runtime")),
+        None,
+    )
+    if runtime:
+        out["train_runtime_s"] = runtime
+    evaluation = read_eval(run) or {}
+    for name, value in evaluation.get("fine_tuned", {}).items():
+        out[f"eval/{name}"] = value
+    return out
+
+
+def compare_runs(a: str | Path, b: str | Path) -> dict[str, Any]:
+    """Config keys that differ, and every number either run has, with b - a."""
+    run_a, run_b = require_run(a), require_run(b)
+    cfg_a = flatten(yaml.safe_load((run_a / "config.yaml").read_text()) or {})
+    cfg_b = flatten(yaml.safe_load((run_b / "config.yaml").read_text()) or {})
+    config = [
+        {"key": k, "a": cfg_a.get(k), "b": cfg_b.get(k)}
+        for k in sorted(set(cfg_a) | set(cfg_b))
+        if cfg_a.get(k) != cfg_b.get(k)
+    ]
+    num_a, num_b = _numbers(run_a), _numbers(run_b)
+    metrics = []
+    for k in dict.fromkeys([*num_a, *num_b]):
+        va, vb = num_a.get(k), num_b.get(k)
+        metrics.append(
+            {"metric": k, "a": va, "b": vb, "diff": vb - va if va is not None and vb is not None else None}
+        )
+    return {"a": str(run_a), "b": str(run_b), "config": config, "metrics": metrics}

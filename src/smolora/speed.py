@@ -1,0 +1,246 @@
+"""The fast training path, chosen per device, and the tricks it is made of.
+
+What the profiler shows on a CPU (fp32, SmolLM2-135M, LoRA r=16 on all 7 projections):
+after the base matmuls, the largest single cost of a PEFT training step is `nn.Dropout`
+on the LoRA inputs: `bernoulli_` draws one random number per input element (~25 ms for a
+4 x 150 x 576 tensor on one core, 210 times per step). `sparse_dropout` draws only the
+*positions* of the dropped elements: with a Poisson(-n log(1-p)) count of uniform positions,
+each element is dropped independently with probability exactly p (Poisson splitting), for
+about p of the random numbers.
+
+`fast_path(cfg, device)` decides, per device, how batches are built and which optional
+kernels are used, and returns a plain dict that train.py logs.
+
+Run as:
+    plan = fast_path(cfg, "cpu")     # {"batching": "bucketed", "dropout": "sparse", ...}
+    model = apply_fast_path(model, plan)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from smolora.config import RunConfig
+
+log = logging.getLogger("smolora")
+
+
+# --- dropout that draws p*n random numbers instead of n ----------------------------------------
+
+
+class _DropAt(torch.autograd.Function):
+    """x * scale with the elements at flat positions `idx` set to zero (and their gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, idx: torch.Tensor, scale: float) -> torch.Tensor:
+        out = (x * scale).contiguous()
+        out.view(-1).index_fill_(0, idx, 0.0)
+        ctx.save_for_backward(idx)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        out = (grad * ctx.scale).contiguous()
+        out.view(-1).index_fill_(0, idx, 0.0)
+        return out, None, None
+
+
+def dropped_positions(n: int, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Flat positions to drop so that each of n elements is dropped independently with prob. p.
+
+    A Poisson(lam) number of uniform draws hits each position Poisson(lam/n) times,
+    independently; with lam = -n log(1-p) a position is hit at least once with prob. p.
+    Repeated positions are harmless (index_fill).
+    """
+    lam = -n * math.log1p(-p)
+    k = int(torch.poisson(torch.tensor([lam], dtype=torch.float64)).item())
+    return torch.randint(0, n, (k,), device=device)
+
+
+def sparse_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Same distribution as `F.dropout(x, p, training)`, cheaper on CPU for small p."""
+    if not training or p == 0.0:
+        return x
+    if p >= 1.0:
+        return x * 0.0
+    return _DropAt.apply(x, dropped_positions(x.numel(), p, x.device), 1.0 / (1.0 - p))
+
+
+class SparseDropout(nn.Module):
+    """Drop-in for nn.Dropout (same `p`, same train/eval behaviour)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sparse_dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_sparse_dropout(model: nn.Module) -> int:
+    """Replace the nn.Dropout modules of PEFT's LoRA layers; returns how many were replaced.
+
+    Only `lora_dropout` dicts are touched (dropout has no weights, saved adapters are the
+    same). With dropout 0 PEFT already uses nn.Identity, so nothing is replaced.
+    """
+    replaced = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if not isinstance(drops, nn.ModuleDict):
+            continue
+        for name, d in list(drops.items()):
+            if type(d) is nn.Dropout and d.p > 0:
+                drops[name] = SparseDropout(d.p).train(d.training)
+                replaced += 1
+    return replaced
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def flash_attention_ready(cfg: RunConfig, device: str) -> bool:
+    """Packing pays off where attention reads row boundaries from position_ids without a mask."""
+    return device == "cuda" and cfg.model.attn_implementation == "flash_attention_2"
+
+
+def pick_batching(cfg: RunConfig, device: str) -> str:
+    """bucketed unless flash-attention on CUDA allows packed.
+
+    transformers' sdpa/eager attention honour packed rows only through a dense block-diagonal
+    mask over the whole packed row (correct, but slower than bucketed padding on a CPU:
+    measured, see docs/benchmarks.md), so `auto` never picks packed there; grouped
+    (transformers' LengthGroupedSampler) and padded (random order) remain available by name.
+    """
+    if cfg.train.batching != "auto":
+        return cfg.train.batching
+    return "packed" if flash_attention_ready(cfg, device) else "bucketed"
+
+
+def fast_path(cfg: RunConfig, device: str) -> dict[str, Any]:
+    """What this run uses to go fast on `device`, as a plain dict (train.py logs it)."""
+    cuda = device == "cuda"
+    if cfg.lora.dropout == 0 or cfg.lora.method in ("full", "freeze"):
+        dropout = "none"  # PEFT puts nn.Identity there when lora.dropout is 0
+    elif cuda or cfg.train.compile:
+        dropout = "native"  # one fused kernel on CUDA and inside a compiled graph
+    else:
+        dropout = "sparse"  # on CPU the eager dropout's random numbers are the bottleneck
+    return {
+        "device": device,
+        "batching": pick_batching(cfg, device),
+        "loss": "lm head + cross-entropy on labelled positions only, fused chunks",
+        "dropout": dropout,
+        "threads": torch.get_num_threads() if device == "cpu" else None,
+        "compile": cfg.train.compile,
+        "liger": cuda and cfg.train.liger and installed("liger_kernel"),
+        "backend": cfg.model.backend,
+        "bf16": cuda and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported(),
+    }
+
+
+def apply_fast_path(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """Apply the model-side tricks of `plan` in place (batching is the trainer's business)."""
+    if plan["dropout"] == "sparse":
+        use_sparse_dropout(model)
+    if plan["liger"]:
+        use_liger(model)
+    if plan["compile"]:
+        compile_layers(model)
+    return model
+
+
+def compile_layers(model: nn.Module) -> int:
+    """torch.compile each decoder layer in place; returns how many.
+
+    The layers, not the whole model: our loss calls the decoder directly (see loss.py), which
+    would bypass a compiled wrapper. Sequence lengths change from batch to batch, so the
+    layers are compiled for dynamic shapes once instead of once per length.
+    """
+    from smolora.model.surgery import decoder_layers
+
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def use_liger(model: nn.Module) -> bool:
+    """Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA only); our own loss stays."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        _apply_liger_kernel_to_instance(
+            model=base,
+            rms_norm=True,
+            rope=True,
+            swiglu=True,
+            cross_entropy=False,
+            fused_linear_cross_entropy=False,
+        )
+    except Exception as e:  # an architecture Liger does not know: keep the plain modules
+        log.warning("liger kernels not applied (%s)", e)
+        return False
+    return True
+
+
+def load_unsloth(cfg: RunConfig, device: str):
+    """(model with LoRA, tokenizer) through unsloth.FastLanguageModel (seed 003's loader).
+
+    Untested here (it needs CUDA and the unsloth package); the errors say what to change.
+    """
+    from smolora.errors import ConfigError
+
+    if device != "cuda":
+        raise ConfigError(
+            f"model.backend=unsloth needs a CUDA GPU (this run is on {device}); use model.backend=hf"
+        )
+    if cfg.lora.method not in ("lora", "rslora"):
+        raise ConfigError(f"model.backend=unsloth supports lora.method lora or rslora, not {cfg.lora.method}")
+    try:
+        from unsloth import FastLanguageModel
+    except ImportError:
+        raise ConfigError("model.backend=unsloth: pip install unsloth, or use model.backend=hf") from None
+    from smolora.model.store import resolve_model
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(resolve_model(cfg.model.name, cfg.model.revision)),
+        max_seq_length=cfg.data.max_length,
+        dtype=None if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype),
+        load_in_4bit=cfg.model.load_in_4bit,
+    )
+    targets = cfg.lora.targets
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=(
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            if targets in ("auto", "all-linear")
+            else targets
+        ),
+        use_gradient_checkpointing="unsloth" if cfg.model.gradient_checkpointing else False,
+        use_rslora=cfg.lora.method == "rslora",
+        random_state=cfg.train.seed,
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,51 @@
+"""train.report_to: MLflow (local file store) and W&B (offline) write into the run directory.
+
+TensorBoard is checked in test_eval.py. These two need the optional `track` extra
+(pip install 'smolora[track]') and are skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smolora.config import load_config
+from smolora.train import train
+
+TRACKING_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_ALLOW_FILE_STORE",
+    "WANDB_MODE",
+    "WANDB_DIR",
+    "WANDB_API_KEY",
+    "TENSORBOARD_LOGGING_DIR",
+)
+
+
+def test_mlflow_and_wandb_log_into_the_run_dir(tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="mlflow not installed (pip install 'smolora[track]')")
+    pytest.importorskip("wandb", reason="wandb not installed (pip install 'smolora[track]')")
+    # Start with no tracking variables, and have monkeypatch remove what training sets.
+    for name in TRACKING_ENV:
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.path={qa_file}",
+            "data.max_length=64",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "train.report_to=[mlflow, wandb]",
+            f"output.dir={tmp_path / 'runs'}",
+            "output.name=tracked",
+        ],
+    )
+    run = train(cfg, show_progress=False)
+    losses = list((run / "mlruns").glob("*/*/metrics/loss"))
+    assert losses and losses[0].read_text().strip()  # mlflow's file store: one line per logged step
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
