@@ -46,7 +46,7 @@ def _global(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug output.")] = False,
 ) -> None:
-    from smolora.progress import setup_logging
+    from smolora.logs import setup_logging
 
     setup_logging(level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     app.info.context_settings = {"obj": {"quiet": quiet}}

@@ -1,0 +1,31 @@
+"""Logging set-up, kept free of heavy imports so `smolora --help` starts fast.
+
+Run as:
+    setup_logging(Path("runs/x/train.log"))
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rich.console import Console
+
+
+def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
+    """Rich console output for people, a plain log file per run for the record."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("smolora")
+    root.setLevel(level)
+    root.handlers = [h for h in root.handlers if not isinstance(h, logging.FileHandler)]
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=False))
+    for h in root.handlers:
+        h.setLevel(level)
+    if log_file is not None:
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setLevel(logging.DEBUG)
+        root.addHandler(fh)
+    root.propagate = False
