@@ -391,3 +391,27 @@ def test_bench_rejects_unknown_peer_mode():
 
     with pytest.raises(SmoLoRAError, match="unknown mode"):
         bench(peers="naive,fast", data=None)
+
+
+def test_sparse_dropout_under_checkpointing_recomputes_the_same_mask(tiny_tokenizer):
+    """Checkpointing replays the forward in backward: the dropped positions must be the same."""
+    batch = pad_batch(rows(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_lora(len(tiny_tokenizer), dropout=0.3)
+        use_sparse_dropout(model)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(123)
+        total, n = chunked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        (total / n).backward()
+        grads.append(lora_grads(model))
+    for name, want in grads[0].items():
+        assert_close_rel(grads[1][name], want)
+
+
+def test_memory_mode_returns_freed_memory_on_cpu():
+    plan = fast_path(load_config(None, ["model.gradient_checkpointing=true"]), "cpu")
+    assert plan["malloc"] and fast_path(load_config(None, []), "cpu")["malloc"] is None

@@ -193,21 +193,39 @@ def serve_bench(model_dir: Path, n: int = 32, concurrency: int = 8) -> dict[str,
 
 
 def run_smolora(
-    model_dir: Path, data: Path, steps: int, warmup: int, threads: int | None = None, profile: bool = False
+    model_dir: Path,
+    data: Path,
+    steps: int,
+    warmup: int,
+    threads: int | None = None,
+    profile: bool = False,
+    lowmem: bool = False,
 ) -> dict[str, Any]:
+    """SmoLoRA's default fast path, or (lowmem) with gradient checkpointing for memory."""
     cmd = worker_command(["train", "--model", str(model_dir), "--data", str(data)])
     cmd += ["--steps", str(steps), "--warmup", str(warmup)]
     if threads:
         cmd += ["--threads", str(threads)]
     if profile:
         cmd += ["--profile"]
-    return {"name": "smolora", **run_json_process(cmd, "SMOLORA_RESULT ")}
+    if lowmem:
+        cmd += ["--lowmem"]
+    name = "smolora-lowmem" if lowmem else "smolora"
+    return {"name": name, **run_json_process(cmd, "SMOLORA_RESULT ")}
 
 
 # --- the SmoLoRA worker (runs in its own process) -------------------------------------------------
 
 
-def bench_config(model_dir: Path, data: Path, out_dir: Path, steps: int, warmup: int, threads: int | None):
+def bench_config(
+    model_dir: Path,
+    data: Path,
+    out_dir: Path,
+    steps: int,
+    warmup: int,
+    threads: int | None,
+    lowmem: bool = False,
+):
     from smolora.config import load_config
 
     overrides = [
@@ -228,6 +246,8 @@ def bench_config(model_dir: Path, data: Path, out_dir: Path, steps: int, warmup:
     ]
     if threads:
         overrides.append(f"train.threads={threads}")
+    if lowmem:
+        overrides.append("model.gradient_checkpointing=true")
     return load_config(None, overrides)
 
 
@@ -240,7 +260,13 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="smolora-bench-") as tmp:
         os.environ["SMOLORA_HOME"] = tmp  # a fresh data cache: the first preparation is real work
         cfg = bench_config(
-            Path(args.model), Path(args.data), Path(tmp) / "runs", args.steps, args.warmup, args.threads
+            Path(args.model),
+            Path(args.data),
+            Path(tmp) / "runs",
+            args.steps,
+            args.warmup,
+            args.threads,
+            args.lowmem,
         )
         tokenizer = load_tokenizer(args.model)
         t0 = time.perf_counter()
@@ -250,7 +276,9 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         t2 = time.perf_counter()
         rows = fresh["stats"]["n_train"] + fresh["stats"]["n_val"]
         clock = Clock()
-        profiler = Profiler(args.warmup + 1) if args.profile else None
+        profiler = Profiler(
+            max(args.warmup, 1)
+        )  # the last warm-up step: outside the clock if args.profile else None
         train(cfg, show_progress=False, callbacks=[clock] + ([profiler] if profiler else []))
     a, b = args.warmup, args.warmup + args.steps
     wall = clock.ends[b] - clock.ends[a]
@@ -375,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--lowmem", action="store_true")
     p.add_argument("--convert", action="store_true")
     p.add_argument("--home")
     p.add_argument("--prompts", type=int, default=8)

@@ -49,6 +49,9 @@ def bench(
     serve: Annotated[
         bool, typer.Option("--serve", help="Also run benchmarks/serve_load.py, when present.")
     ] = False,
+    lowmem: Annotated[
+        bool, typer.Option(help="Also run SmoLoRA with gradient checkpointing (the memory target).")
+    ] = True,
     extras: Annotated[bool, typer.Option(help="Load, preprocessing and generation measurements.")] = True,
 ) -> None:
     """Benchmark SmoLoRA training against the peer scripts, one process after another.
@@ -95,6 +98,10 @@ def bench(
     console.print(f"smolora: {warmup} + {steps} steps ...")
     runs.append(b.run_smolora(model_dir, data, steps, warmup, threads, profile))
     show_progress(runs[-1])
+    if lowmem:
+        console.print(f"smolora-lowmem (gradient checkpointing): {warmup} + {steps} steps ...")
+        runs.append(b.run_smolora(model_dir, data, steps, warmup, threads, lowmem=True))
+        show_progress(runs[-1])
     for mode in modes:
         console.print(f"peer {mode}: {warmup} + {steps} steps ...")
         runs.append(b.run_peer(mode, model_dir, data, steps, warmup, peers_dir, threads))
@@ -213,6 +220,15 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
     peak = report["matmul"]["peak_gflops"]
     add("share of fp32 matmul peak", 0.7, tps and tps * report["flops_per_token"] / 1e9 / peak, "")
     add("peak RSS, batch 8 x 512", 3072, ours and ours["peak_rss_mib"], " MiB", higher=False)
+    if "smolora-lowmem" in runs:
+        low = runs["smolora-lowmem"]
+        add("peak RSS, gradient checkpointing", 3072, low["peak_rss_mib"], " MiB", higher=False)
+        add(
+            "  its real tok/s vs best of grouped/trl/trl-pack",
+            1.5,
+            best and low["real_tokens_per_s"] / best,
+            "x",
+        )
     add("model load from cache", 3.0, report.get("load", {}).get("cached_load_s"), " s", higher=False)
     add("preprocessing", 5000, ours and ours.get("preprocess_examples_per_s"), " ex/s")
     add("batched vs one-at-a-time generation", 3.0, report.get("generation", {}).get("speedup"), "x")
