@@ -140,18 +140,25 @@ def model_flops_per_token(model_dir: Path) -> float:
 
 
 def run_json_process(cmd: list[str], marker: str, timeout: float | None = None) -> dict[str, Any]:
-    """Run `cmd`; return the JSON after `marker` on its output, or {"error": ...}."""
-    start = time.perf_counter()
+    """Run `cmd`; return the JSON after `marker` on its output, or {"error": ...}.
+
+    The 1-minute load average at the start and the end goes with it: on a shared machine it
+    says how much of the CPUs this tool had.
+    """
+    start, load = time.perf_counter(), os.getloadavg()[0]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s", "wall_s": round(time.perf_counter() - start, 1)}
-    wall = round(time.perf_counter() - start, 1)
+    info = {
+        "wall_s": round(time.perf_counter() - start, 1),
+        "load": [round(load, 2), round(os.getloadavg()[0], 2)],
+    }
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(marker):
-            return {**json.loads(line[len(marker) :]), "wall_s": wall}
+            return {**json.loads(line[len(marker) :]), **info}
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": f"exit {proc.returncode}: " + " | ".join(tail), "wall_s": wall}
+    return {"error": f"exit {proc.returncode}: " + " | ".join(tail), **info}
 
 
 def run_peer(

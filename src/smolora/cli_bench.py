@@ -155,7 +155,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in report["runs"]:
         if "error" in r:
-            rows.append([r["name"], "failed", "", "", "", "", "", str(r.get("wall_s", ""))])
+            rows.append([r["name"], "failed", "", "", "", "", "", str(r.get("wall_s", "")), load_text(r)])
             continue
         tps = r["real_tokens_per_s"]
         ratio = f"{ours['real_tokens_per_s'] / tps:.2f}x" if ours and r is not ours else ""
@@ -171,6 +171,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
                 ratio,
                 f"{share:.0%}",
                 f"{r.get('wall_s', '')}",
+                load_text(r),
             ]
         )
     return rows
@@ -185,7 +186,13 @@ HEADER = [
     "SmoLoRA ÷ tool",
     "% matmul peak",
     "wall s",
+    "load 1m start→end",
 ]
+
+
+def load_text(run: dict[str, Any]) -> str:
+    load = run.get("load")
+    return f"{load[0]}→{load[1]}" if load else ""
 
 
 def targets(report: dict[str, Any]) -> list[list[str]]:
