@@ -45,11 +45,12 @@ def free_port() -> int:
 
 
 def start_server(
-    model_path: str, max_batch: int, threads: int | None, log_path: Path
+    model_path: str, max_batch: int, threads: int | None, log_path: Path, extra: list[str] | None = None
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "smolora.cli", "-q", "serve", str(model_path), "--port", str(port)]
     cmd += ["--max-batch", str(max_batch)] + (["--threads", str(threads)] if threads else [])
+    cmd += extra or []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -99,7 +99,7 @@ def test_resume_continues_from_last_checkpoint(tiny_model_dir, qa_file, tmp_path
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_model_dir, qa_file, tmp_path):
-    with pytest.raises(TrainingError, match="no checkpoint"):
+    with pytest.raises(TrainingError, match="no complete checkpoint"):
         train(tiny_cfg(tiny_model_dir, qa_file, tmp_path), resume=True)
 
 

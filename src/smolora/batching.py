@@ -60,6 +60,8 @@ class Served:
     max_batch: int = 8
     batch_wait: float = 0.02
     max_queue: int = 256
+    max_tokens_cap: int = 2048  # the most tokens one request may ask for (--max-tokens-cap)
+    request_timeout: float = 300.0  # seconds a request may wait and decode (--request-timeout)
     context: int = 2048
     pending: list[Job] = field(default_factory=list)
     current: list[Job] = field(default_factory=list)  # the batch being decoded

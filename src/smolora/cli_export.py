@@ -146,6 +146,16 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together (1: one at a time).")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for company.")] = 20.0,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: physical cores).")] = None,
+    max_tokens_cap: Annotated[int, typer.Option(min=1, help="Most tokens one request may ask for.")] = 2048,
+    request_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds a request may queue and decode before a 504.")
+    ] = 300.0,
+    rate_limit: Annotated[
+        float, typer.Option(min=0, help="Requests per minute per client (API key or address); 0: no limit.")
+    ] = 600.0,
+    max_body_kb: Annotated[
+        int, typer.Option(min=1, help="Largest request body accepted (413 beyond).")
+    ] = 1024,
 ) -> None:
     """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
 
@@ -155,4 +165,17 @@ def serve(
     """
     from smolora.serve import serve as run_server
 
-    run_server(model, parse_adapters(adapter or []), host, port, api_key, max_batch, batch_wait_ms, threads)
+    run_server(
+        model,
+        parse_adapters(adapter or []),
+        host,
+        port,
+        api_key,
+        max_batch,
+        batch_wait_ms,
+        threads,
+        max_tokens_cap=max_tokens_cap,
+        request_timeout=request_timeout,
+        rate_limit=rate_limit,
+        max_body_kb=max_body_kb,
+    )

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import pickle
 import secrets
 import time
 import uuid
@@ -39,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from smolora.batching import Job, Served, active, batch_loop, cancel, submit
 from smolora.errors import ExportError
 from smolora.generate import to_messages
+from smolora.limits import body_limit, rate_limited
+from smolora.redact import mask_text
 
 log = logging.getLogger("smolora")
 
@@ -86,9 +89,17 @@ class CompletionRequest(BaseRequest):
 class APIError(Exception):
     """An OpenAI-style error response."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
@@ -111,7 +122,13 @@ def load_served(
     model_or_run: str, adapters: dict[str, str] | None = None, device: str | None = None
 ) -> Served:
     """Load a run (its base plus adapter) or a plain model, then any extra adapters onto the same base."""
-    from smolora.model.load import find_adapter_dir, load_for_inference
+    from smolora.model.load import (
+        find_adapter_dir,
+        load_for_inference,
+        pickle_allowed_by_env,
+        unsafe_pickle_error,
+        weights_format,
+    )
     from smolora.model.store import resolve_model
 
     adapters = dict(adapters or {})
@@ -163,7 +180,11 @@ def load_served(
                 f"({meta.get('drop_layers')}/{meta.get('keep_layers')}); serve it in its own process"
             )
         peft_name = f"adapter{i + 1}"  # PEFT names become module keys: no dots or dashes
-        model.load_adapter(str(adapter_dir), adapter_name=peft_name)
+        weights_format(adapter_dir, pickle_allowed_by_env(), "adapter")  # a pickle only with the opt-in
+        try:
+            model.load_adapter(str(adapter_dir), adapter_name=peft_name)
+        except pickle.UnpicklingError as e:
+            raise unsafe_pickle_error(adapter_dir, e) from None
         names[name] = {
             "adapter": peft_name,
             "template": extra.get("chat_template"),
@@ -226,6 +247,13 @@ def new_job(served: Served, name: str, ids: list[int], req: BaseRequest, max_tok
             "messages",
             "context_length_exceeded",
         )
+    if max_tokens is not None and max_tokens > served.max_tokens_cap:
+        raise APIError(
+            400,
+            f"max_tokens={max_tokens} is over this server's cap of {served.max_tokens_cap} (--max-tokens-cap)",
+            "max_tokens",
+            "max_tokens_too_large",
+        )
     if max_tokens is not None and max_tokens > room:
         raise APIError(
             400,
@@ -234,14 +262,16 @@ def new_job(served: Served, name: str, ids: list[int], req: BaseRequest, max_tok
             "context_length_exceeded",
         )
     if len(served.pending) >= served.max_queue:
-        raise APIError(429, "too many requests waiting; retry shortly", None, "queue_full")
+        raise APIError(
+            429, "too many requests waiting; retry shortly", None, "queue_full", headers={"Retry-After": "1"}
+        )
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > 4 or any(not s for s in stop):
         raise APIError(400, "stop takes up to 4 non-empty strings", "stop")
     return Job(
         model=name,
         ids=ids,
-        max_tokens=max_tokens or min(room, 512),
+        max_tokens=max_tokens or min(room, served.max_tokens_cap, 512),
         temperature=req.temperature,
         top_p=req.top_p,
         stop=stop,
@@ -250,24 +280,37 @@ def new_job(served: Served, name: str, ids: list[int], req: BaseRequest, max_tok
     )
 
 
-async def next_event(job: Job, request: Any) -> tuple[str, str] | None:
-    """The job's next event, or None once the client has gone away (checked every second)."""
+async def next_event(job: Job, request: Any, deadline: float) -> tuple[str, str] | None:
+    """The job's next event, ("timeout", "") past `deadline`, or None once the client has gone away."""
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return ("timeout", "")
         try:
-            return await asyncio.wait_for(job.events.get(), timeout=1.0)
+            return await asyncio.wait_for(job.events.get(), timeout=min(1.0, left))
         except asyncio.TimeoutError:  # noqa: UP041 (a different class on Python 3.10)
             if await request.is_disconnected():
                 return None
 
 
+def timeout_message(served: Served) -> str:
+    return (
+        f"the request took longer than this server's limit of {served.request_timeout:g} s "
+        "(--request-timeout); ask for fewer max_tokens or retry when the server is less busy"
+    )
+
+
 async def collect(served: Served, job: Job, request: Any) -> str:
     """Wait for a non-streamed job; a client that leaves cancels it like a stream would."""
+    deadline = time.monotonic() + served.request_timeout
     try:
         while True:
-            event = await next_event(job, request)
+            event = await next_event(job, request, deadline)
             if event is None:
                 return "cancelled"
             kind, value = event
+            if kind == "timeout":
+                raise APIError(504, timeout_message(served), None, "timeout")
             if kind == "error":
                 raise APIError(500, value, None, "generation_failed")
             if kind == "done":
@@ -290,15 +333,19 @@ async def stream(
     served: Served, job: Job, request: Any, chunk: Any, include_usage: bool
 ) -> AsyncIterator[str]:
     """SSE events for one job; a client that disconnects cancels the job (its slot is freed)."""
+    deadline = time.monotonic() + served.request_timeout
     try:
         yield sse(chunk(None, "", first=True))
         while True:
-            event = await next_event(job, request)
+            event = await next_event(job, request, deadline)
             if event is None:
                 return
             kind, value = event
             if kind == "delta":
                 yield sse(chunk(None, value))
+            elif kind == "timeout":
+                yield sse(error_body(timeout_message(served), "server_error", None, "timeout"))
+                break
             elif kind == "error":
                 yield sse(error_body(value, "server_error", None, "generation_failed"))
                 break
@@ -333,7 +380,9 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
         kind = "invalid_request_error" if e.status < 500 else "server_error"
         if e.status == 401:
             kind = "authentication_error"
-        return JSONResponse(error_body(e.message, kind, e.param, e.code), status_code=e.status)
+        return JSONResponse(
+            error_body(e.message, kind, e.param, e.code), status_code=e.status, headers=e.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: HTTPRequest, e: RequestValidationError):
@@ -353,13 +402,12 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
     @app.exception_handler(Exception)
     async def _crash(request: HTTPRequest, e: Exception):
         log.exception("request failed")
-        return JSONResponse(error_body(f"internal error: {e}", "server_error"), status_code=500)
+        return JSONResponse(error_body(mask_text(f"internal error: {e}"), "server_error"), status_code=500)
 
     async def auth(request: HTTPRequest) -> None:
-        if api_key is None:
-            return
+        """The API key, compared in constant time (the rate limit runs before, in limits.py)."""
         given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        if api_key is not None and not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
             raise APIError(
                 401, "missing or wrong API key: send 'Authorization: Bearer KEY'", None, "invalid_api_key"
             )
@@ -496,6 +544,10 @@ def serve(
     max_batch: int = 8,
     batch_wait_ms: float = 20.0,
     threads: int | None = None,
+    max_tokens_cap: int = 2048,
+    request_timeout: float = 300.0,
+    rate_limit: float = 0,
+    max_body_kb: int = 1024,
 ) -> None:
     """Load, then serve until interrupted."""
     import uvicorn
@@ -507,6 +559,14 @@ def serve(
     torch.set_num_threads(threads or physical_cores())
     served = load_served(model_or_run, adapters)
     served.max_batch, served.batch_wait = max_batch, batch_wait_ms / 1000
+    served.max_tokens_cap, served.request_timeout = max_tokens_cap, request_timeout
+    # Both wrap the whole app: a client over its rate, an oversized or a trickling body never reach
+    # FastAPI (which parses JSON before any dependency runs, so a dependency would miss broken bodies).
     app = create_app(served, api_key)
+    app = body_limit(app, max_body_kb * 1024, read_timeout=min(30.0, request_timeout))
+    app = rate_limited(app, rate_limit)
     log.info("serving %s on http://%s:%d/v1 (max batch %d)", ", ".join(served.names), host, port, max_batch)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    # timeout_keep_alive: idle keep-alive connections are closed after 5 s, so idle clients hold no slots.
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2, timeout_keep_alive=5
+    )

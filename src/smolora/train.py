@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
 
+from smolora.checkpoints import STAGING, disk_full_error, good_checkpoint, is_disk_full, publish, trim_metrics
 from smolora.collate import BucketSampler, Collator
 from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
@@ -37,6 +38,7 @@ from smolora.distributed import (
     on_main,
 )
 from smolora.errors import TrainingError
+from smolora.guards import NonFiniteGuard, check_loss, is_oom, smaller_batch
 from smolora.loss import chunked_lm_loss
 from smolora.model.adapters import METHODS, save_weights, trainable_summary
 from smolora.model.load import ADAPTER_META, load_base, physical_cores, pick_device
@@ -59,10 +61,15 @@ class SmoLoRATrainer(Trainer):
         loss_chunk: int = 1024,
         counter: dict[str, int] | None = None,
         batching: str = "bucketed",
+        run_dir: Path | None = None,
+        lr: float = 0.0,
         **kw: Any,
     ):
         self.batching = batching  # read by _get_train_sampler, which super().__init__ may call
+        self.staging = False  # True while a checkpoint is being written (see _save_checkpoint)
         super().__init__(*args, **kw)
+        self.run_dir = run_dir if run_dir is not None else Path(self.args.output_dir).parent
+        self.lr = lr
         self.loss_chunk = loss_chunk
         self.counter = counter if counter is not None else {"tokens": 0}
         self.synced: dict[str, int] = {}  # the global token count at the last log (several processes)
@@ -91,6 +98,43 @@ class SmoLoRATrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        check_loss(loss, self.state.global_step + 1, self.run_dir, self.lr)  # NaN/inf: stop, say where
+        return loss
+
+    def _get_output_dir(self, trial=None) -> str:
+        root = super()._get_output_dir(trial)
+        return os.path.join(root, STAGING) if self.staging else root
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written into checkpoints/.staging and renamed into place with a manifest."""
+        root, step = Path(self._get_output_dir(trial)), self.state.global_step
+        staged = root / STAGING / f"checkpoint-{step}"
+        if self.args.should_save:
+            shutil.rmtree(root / STAGING, ignore_errors=True)  # what a crash mid-write left behind
+        self.accelerator.wait_for_everyone()
+        self.staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(root / STAGING, ignore_errors=True)
+            if is_disk_full(e):
+                raise disk_full_error(self.run_dir, step, e) from None
+            raise
+        finally:
+            self.staging = False
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            try:
+                publish(staged, root / f"checkpoint-{step}", step, self.args.save_total_limit)
+            except OSError as e:
+                shutil.rmtree(root / STAGING, ignore_errors=True)
+                if is_disk_full(e):
+                    raise disk_full_error(self.run_dir, step, e) from None
+                raise
+        self.accelerator.wait_for_everyone()
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         columns = getattr(dataset, "column_names", None) or []
@@ -109,8 +153,13 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
     run_dir = cfg.run_dir
     checkpoints = run_dir / "checkpoints"
     if resume:
-        if last_checkpoint(run_dir) is None:
-            raise TrainingError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
+        checkpoint, skipped = good_checkpoint(run_dir)
+        if checkpoint is None:
+            why = "; ".join(f"{name}: {problem}" for name, problem in skipped)
+            raise TrainingError(
+                f"--resume: no complete checkpoint in {checkpoints}{f' ({why})' if why else ''}; "
+                "start the run without --resume"
+            )
         return run_dir
     if checkpoints.exists() and not (run_dir / "adapter" / ADAPTER_META).exists():
         raise TrainingError(
@@ -125,11 +174,12 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted(
-        (p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.is_dir()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    return found[-1] if found else None
+    """The newest intact checkpoint, saying which newer ones are incomplete or corrupt."""
+    checkpoint, skipped = good_checkpoint(run_dir)
+    for name, problem in skipped:
+        fallback = checkpoint.name if checkpoint else "none left"
+        log.warning("skipping %s: %s; falling back to %s", name, problem, fallback)
+    return checkpoint
 
 
 def tracking_env(cfg: RunConfig, run_dir: Path) -> None:
@@ -258,6 +308,23 @@ def save_adapter(
     return out
 
 
+def checkpoint_after_oom(trainer: SmoLoRATrainer, run_dir: Path, previous: Path | None) -> Path | None:
+    """Save the state at the last finished step (the failed step left only partial gradients)."""
+    import gc
+
+    trainer.model.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    step = trainer.state.global_step
+    if step == 0:
+        return None  # nothing learnt yet: start again
+    if previous is not None and previous.name == f"checkpoint-{step}":
+        return previous
+    trainer._save_checkpoint(trainer.model, trial=None)
+    return run_dir / "checkpoints" / f"checkpoint-{step}"
+
+
 def train(
     cfg: RunConfig, resume: bool = False, show_progress: bool = True, callbacks: list | None = None
 ) -> Path:
@@ -322,40 +389,65 @@ def train(
     mode = plan["batching"]
     log.info("fast path: %s", ", ".join(f"{k}={v}" for k, v in plan.items() if v is not None))
     counter = {"tokens": 0}
-    trainer = SmoLoRATrainer(
-        model=model,
-        args=training_arguments(cfg, run_dir, device, data["val"] is not None),
-        train_dataset=data["train"],
-        eval_dataset=data["val"],
-        data_collator=Collator(tokenizer.pad_token_id, packed=mode == "packed"),
-        processing_class=tokenizer,
-        optimizers=(loraplus_optimizer(model, cfg), None),
-        loss_chunk=cfg.train.loss_chunk,
-        counter=counter,
-        batching=mode,
-    )
-    # Our RunLogger replaces transformers' printing of raw log dicts and its tqdm bar.
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(RunLogger(run_dir, counter, show_progress))
-    for callback in callbacks or []:  # e.g. `smolora bench`'s step clock (callback.counter: real tokens)
-        callback.counter = counter
-        trainer.add_callback(callback)
-    if cfg.eval.generate_every:  # a few held-out answers every N steps, into generations.jsonl
-        from smolora.evaluate import SampleGenerations
+    stopper = StopOnSignal()  # Ctrl-C / SIGTERM / the UI's Stop: checkpoint, then stop
 
-        trainer.add_callback(SampleGenerations(cfg, run_dir, tokenizer))
+    def build_trainer(cfg: RunConfig) -> SmoLoRATrainer:  # built again by an out-of-memory retry
+        trainer = SmoLoRATrainer(
+            model=model,
+            args=training_arguments(cfg, run_dir, device, data["val"] is not None),
+            train_dataset=data["train"],
+            eval_dataset=data["val"],
+            data_collator=Collator(tokenizer.pad_token_id, packed=mode == "packed"),
+            processing_class=tokenizer,
+            optimizers=(loraplus_optimizer(model, cfg), None),
+            loss_chunk=cfg.train.loss_chunk,
+            counter=counter,
+            batching=mode,
+            run_dir=run_dir,
+            lr=cfg.train.lr,
+        )
+        # Our RunLogger replaces transformers' printing of raw log dicts and its tqdm bar.
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(RunLogger(run_dir, counter, show_progress))
+        trainer.add_callback(
+            NonFiniteGuard(run_dir, cfg.train.lr)
+        )  # a NaN gradient never reaches the weights
+        for callback in callbacks or []:  # e.g. `smolora bench`'s step clock (callback.counter: real tokens)
+            callback.counter = counter
+            trainer.add_callback(callback)
+        if cfg.eval.generate_every:  # a few held-out answers every N steps, into generations.jsonl
+            from smolora.evaluate import SampleGenerations
+
+            trainer.add_callback(SampleGenerations(cfg, run_dir, tokenizer))
+        trainer.add_callback(stopper)
+        if state.num_processes > 1:
+            trainer.add_callback(SyncStop(stopper))  # after the stopper: every rank stops at the same step
+        return trainer
 
     # 5. train (resuming restores optimizer, scheduler, RNG and dataloader position)
     checkpoint = last_checkpoint(run_dir) if resume else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    stopper = StopOnSignal()  # Ctrl-C / SIGTERM / the UI's Stop: checkpoint, then stop
-    trainer.add_callback(stopper)
-    if state.num_processes > 1:
-        trainer.add_callback(SyncStop(stopper))  # after the stopper: every rank stops at the same step
+        on_main(state, lambda: trim_metrics(run_dir, int(checkpoint.name.split("-")[-1])))
     with stopper.installed():
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        while True:
+            trainer = build_trainer(cfg)
+            try:
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+                break
+            except Exception as e:  # out of memory: a smaller micro-batch, from the last finished step
+                if not is_oom(e):
+                    raise
+                if state.num_processes > 1:
+                    raise TrainingError(
+                        f"out of memory on rank {state.process_index} at step {trainer.state.global_step + 1}: "
+                        f"lower train.batch_size (now {cfg.train.batch_size}) and raise train.grad_accum, "
+                        f"or lower data.max_length (now {cfg.data.max_length})"
+                    ) from None
+                cfg = smaller_batch(cfg, trainer.state.global_step, e)
+            checkpoint = checkpoint_after_oom(trainer, run_dir, checkpoint)
+            save_config(cfg, run_dir / "config.yaml")  # a later --resume of this run starts at the new size
     if stopper.requested:
         log.warning(
             "stopped at step %d; checkpoint kept in %s", trainer.state.global_step, last_checkpoint(run_dir)
