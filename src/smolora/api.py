@@ -65,7 +65,9 @@ class SmoLoRA:
         """Load a run directory, an adapter directory or a model name for generation."""
         from smolora.model.load import load_for_inference
 
-        self.model, self.tokenizer, self.meta = load_for_inference(path)
+        self.model, self.tokenizer, self.meta = load_for_inference(
+            path, allow_pickle=self.config.model.allow_pickle or None
+        )
         return self
 
     def save(self, path: str | Path) -> Path:

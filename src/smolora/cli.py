@@ -39,6 +39,13 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key: --set train.lr=1e-4 (repeatable)."),
 ]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Also load .bin/.pt pickle weights (with torch weights_only=True); only for files you trust.",
+    ),
+]
 
 
 @app.callback()
@@ -108,6 +115,7 @@ def generate(
     sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    allow_pickle: AllowPickleOpt = False,
 ) -> None:
     """Generate answers in batches.
 
@@ -121,7 +129,7 @@ def generate(
         items += read_prompt_file(file)
     if not items:
         raise SmoLoRAError("no prompt given: pass PROMPT arguments or --file prompts.txt")
-    m, tok, meta = load_for_inference(model)
+    m, tok, meta = load_for_inference(model, allow_pickle=allow_pickle or None)
     outs = run_generate(
         m,
         tok,
@@ -173,6 +181,7 @@ def chat(
     model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 256,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    allow_pickle: AllowPickleOpt = False,
 ) -> None:
     """Talk to a model in the terminal (empty line or Ctrl-D to quit, /reset to forget).
 
@@ -181,7 +190,7 @@ def chat(
     from smolora.generate import generate as run_generate
     from smolora.model.load import load_for_inference
 
-    m, tok, meta = load_for_inference(model)
+    m, tok, meta = load_for_inference(model, allow_pickle=allow_pickle or None)
     history: list[dict[str, str]] = []
     console.print(f"[dim]chatting with {model}; empty line to quit, /reset to start over[/]")
     while True:
@@ -347,6 +356,9 @@ app.command("ui")(ui)
 from smolora.cli_bench import bench  # noqa: E402
 
 app.command("bench")(bench)
+from smolora.cli_doctor import doctor  # noqa: E402
+
+app.command("doctor")(doctor)
 
 
 def main() -> None:

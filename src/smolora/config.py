@@ -12,6 +12,8 @@ Run as:
 
 from __future__ import annotations
 
+import codecs
+import datetime
 import difflib
 import json
 from pathlib import Path
@@ -20,12 +22,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from smolora.errors import ConfigError
+from smolora.errors import ConfigError, excerpt
+
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a few KB: more is the wrong file (or /dev/zero)
+MAX_CONFIG_VALUES = 100_000  # with YAML aliases expanded: a "billion laughs" file stops here
+MAX_PROBLEMS = 10  # validation problems listed in one message (the count says how many in all)
 
 
 class Section(BaseModel):
-    # Unknown keys are mistakes (a typo silently ignored costs a whole run).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are mistakes (a typo silently ignored costs a whole run); so are .inf and .nan
+    # (an infinite number of epochs never ends).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -39,7 +46,15 @@ class ModelSection(Section):
     load_in_8bit: bool = Field(False, description="8-bit base (bitsandbytes, CUDA only).")
     gradient_checkpointing: bool = False
     attn_implementation: str | None = Field(None, description="eager, sdpa or flash_attention_2.")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with a hub model (modeling_*.py); off unless you trust it.",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Load .bin/.pt pickle weights, with torch weights_only=True; off by default "
+        "(safetensors only).",
+    )
     backend: Literal["hf", "unsloth"] = Field(
         "hf",
         description="hf: transformers + PEFT. unsloth: load and add LoRA through unsloth.FastLanguageModel "
@@ -200,11 +215,23 @@ class RunConfig(Section):
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file; pass a YAML or JSON run config")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, so not a run config")
+    # UTF-16 with a BOM is what some Windows editors save; anything else is read as UTF-8.
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    text = raw.decode("utf-16" if utf16 else "utf-8-sig", errors="replace")
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = _plain(data, path)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+        raise ConfigError(f"{path}: not valid {kind}: {e}") from None
+    except (ValueError, RecursionError) as e:  # a 5,000-digit number; nesting past the recursion limit
+        raise ConfigError(f"{path}: cannot read this {kind} ({excerpt(e, 120)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -212,6 +239,44 @@ def _read_file(path: Path) -> dict[str, Any]:
             f"{path}: expected a mapping of sections (model:, data:, ...), got {type(data).__name__}"
         )
     return data
+
+
+def _plain(data: Any, source: Path | str) -> Any:
+    """A fresh copy of parsed YAML as JSON-like data: string keys, dates as text, sets as lists.
+
+    YAML aliases let one object appear in many places: nine levels of nine expand to 387 million
+    values (a "billion laughs"), and an alias inside its own anchor never ends. Both stop here.
+    """
+    count = 0
+
+    def copy(node: Any, parents: tuple[int, ...]) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{source}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded "
+                "(an alias bomb?); a run config has a few dozen"
+            )
+        if node is None or isinstance(node, (str, bool, int, float)):
+            return node
+        if isinstance(node, (datetime.date, datetime.datetime)):
+            return node.isoformat()  # `name: 2024-01-01` means the text, not a date object
+        if not isinstance(node, (dict, list, tuple, set)):
+            raise ConfigError(
+                f"{source}: a {type(node).__name__} value ({excerpt(repr(node), 60)}); a config holds text, "
+                "numbers, booleans, lists and mappings"
+            )
+        if id(node) in parents:
+            raise ConfigError(
+                f"{source}: a YAML alias refers to itself (like `&a [*a]`); a config cannot be recursive"
+            )
+        inner = (*parents, id(node))
+        if isinstance(node, dict):
+            return {k if isinstance(k, str) else str(k): copy(v, inner) for k, v in node.items()}
+        items = sorted(node, key=str) if isinstance(node, set) else node
+        return [copy(v, inner) for v in items]
+
+    return copy(data, ())
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -231,9 +296,18 @@ def read_with_extends(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[st
     parents = data.pop("extends", None) or data.pop("_extends", None)
     if parents is None:
         return data
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise ConfigError(
+            f"{path}: extends must name a config file or a list of them, got {excerpt(repr(parents), 80)}"
+        )
     merged: dict[str, Any] = {}
-    for parent in [parents] if isinstance(parents, str) else parents:
-        merged = deep_merge(merged, read_with_extends(path.parent / parent, (*_seen, path)))
+    for parent in parents:
+        target = path.parent / parent
+        if not target.is_file():
+            what = "is not a file" if target.exists() else "does not exist"
+            raise ConfigError(f"{path}: extends '{parent}', which {what} ({target})")
+        merged = deep_merge(merged, read_with_extends(target, (*_seen, path)))
     return deep_merge(merged, data)
 
 
@@ -245,8 +319,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            value = _plain(yaml.safe_load(raw), f"--set {item}") if raw.strip() else None
+        except (yaml.YAMLError, ValueError, RecursionError):
             value = raw
         if isinstance(value, str):
             try:
@@ -281,15 +355,19 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         loc = tuple(
             p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[")))
         )
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        path = excerpt(".".join(str(p) for p in loc), 100) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key{_did_you_mean(loc)}")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {msg} (got {e.get('input')!r})" if "input" in e else f"{path}: {msg}")
+            msg = excerpt(e["msg"].removeprefix("Value error, "), 200)
+            got = f" (got {excerpt(repr(e['input']), 80)})" if "input" in e else ""
+            lines.append(f"{path}: {msg}{got}")
     # Union types report one error per branch; keep each line once.
     unique = list(dict.fromkeys(lines))
-    return f"{source}: {len(unique)} problem(s):\n  " + "\n  ".join(unique)
+    shown = unique[:MAX_PROBLEMS] + [f"... and {len(unique) - MAX_PROBLEMS} more"] * (
+        len(unique) > MAX_PROBLEMS
+    )
+    return f"{source}: {len(unique)} problem(s):\n  " + "\n  ".join(shown)
 
 
 def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -310,7 +388,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config; any token or key in it (or taken from the environment) is masked."""
+    from smolora.redact import mask_data
+
+    Path(path).write_text(yaml.safe_dump(mask_data(cfg.to_dict()), sort_keys=False), encoding="utf-8")
 
 
 def config_schema() -> dict[str, Any]:

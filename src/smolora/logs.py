@@ -1,5 +1,7 @@
 """Logging set-up, kept free of heavy imports so `smolora --help` starts fast.
 
+Every handler masks tokens and keys (`smolora.redact`) before it writes a record.
+
 Run as:
     setup_logging(Path("runs/x/train.log"))
 """
@@ -10,6 +12,8 @@ import logging
 from pathlib import Path
 
 from rich.console import Console
+
+from smolora.redact import install as install_redaction
 
 
 def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
@@ -28,4 +32,5 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         fh.setLevel(logging.DEBUG)
         root.addHandler(fh)
+    install_redaction(root)  # tokens and keys never reach the console or train.log
     root.propagate = False

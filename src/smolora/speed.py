@@ -239,10 +239,13 @@ def load_unsloth(cfg: RunConfig, device: str):
         from unsloth import FastLanguageModel
     except ImportError:
         raise ConfigError("model.backend=unsloth: pip install unsloth, or use model.backend=hf") from None
+    from smolora.model.load import pickle_allowed_by_env, weights_format
     from smolora.model.store import resolve_model
 
+    path = resolve_model(cfg.model.name, cfg.model.revision)
+    weights_format(path, cfg.model.allow_pickle or pickle_allowed_by_env())  # safetensors unless opted in
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(resolve_model(cfg.model.name, cfg.model.revision)),
+        model_name=str(path),
         max_seq_length=cfg.data.max_length,
         dtype=None if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype),
         load_in_4bit=cfg.model.load_in_4bit,

@@ -3,6 +3,11 @@
 Device: CUDA, then MPS, then CPU. Dtype: bf16 on CUDA that supports it, float32 elsewhere
 (this CPU has no bf16 instructions). Layer surgery is applied before any adapter.
 
+Weights load from safetensors only. A directory holding only pickle weights
+(`pytorch_model.bin`, `adapter_model.bin`, `*.pt`) is refused unless the user opts in
+(`model.allow_pickle=true`, `--allow-pickle`, or `SMOLORA_ALLOW_PICKLE=1` for commands that
+take no config), and even then torch reads it with `weights_only=True`: tensors, never code.
+
 Run as:
     model, tokenizer = load_base(cfg.model)
     model, tokenizer, meta = load_for_inference("runs/quickstart")
@@ -14,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,56 @@ from smolora.model.store import resolve_model
 from smolora.model.surgery import apply_surgery, decoder_layers, surgery_summary
 
 ADAPTER_META = "smolora.json"
+# Pickle files that may hold weights; training_args.bin (a Trainer checkpoint's settings) is not one.
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+NOT_WEIGHTS = {"training_args.bin"}
 log = logging.getLogger("smolora")
+
+
+def pickle_allowed_by_env() -> bool:
+    """SMOLORA_ALLOW_PICKLE=1: the opt-in for commands that take a run but no config (serve, eval, ui)."""
+    return os.environ.get("SMOLORA_ALLOW_PICKLE", "").strip().lower() in ("1", "true", "yes")
+
+
+def weights_format(model_dir: Path, allow_pickle: bool, what: str = "model") -> str:
+    """'safetensors', or 'pickle' when only pickle weights are there and the user opted in.
+
+    A pickle can run any code while it is unpickled, so without the opt-in it is refused
+    before transformers or PEFT ever open it.
+    """
+    if not model_dir.is_dir():
+        raise ModelError(f"{model_dir}: no such {what} directory")
+    if any(model_dir.glob("*.safetensors")):
+        return "safetensors"
+    pickles = sorted(
+        f.name
+        for f in model_dir.iterdir()
+        if f.is_file() and f.suffix in PICKLE_SUFFIXES and f.name not in NOT_WEIGHTS
+    )
+    if not pickles:
+        raise ModelError(f"{model_dir}: no {what} weights (*.safetensors) in this directory")
+    if not allow_pickle:
+        raise ModelError(
+            f"{model_dir / pickles[0]}: {what} weights in pickle format, which can run code when loaded; "
+            "convert them to safetensors (load once with transformers and save_pretrained), or, if you "
+            "trust the file, pass --set model.allow_pickle=true (run commands: --allow-pickle or "
+            "SMOLORA_ALLOW_PICKLE=1); it is then read with torch weights_only=True"
+        )
+    log.warning("%s: loading pickle weights %s with weights_only=True", model_dir, ", ".join(pickles))
+    return "pickle"
+
+
+def unsafe_pickle_error(path: Path, e: Exception) -> ModelError:
+    # torch's weights_only unpickler refused something that is not a tensor: never retry without it.
+    # Its message starts with advice to do just that; keep only the line naming what was refused.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    why = next(
+        (line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else ""
+    )
+    return ModelError(
+        f"{path}: refused to load: the pickle holds more than tensors ({why[:200]}); loading it could run "
+        "code. Get safetensors weights from a source you trust"
+    )
 
 
 def pick_device(pref: str = "auto") -> str:
@@ -110,6 +165,7 @@ def load_base(cfg: ModelSection, device: str | None = None):
     device = device or pick_device(cfg.device)
     quant = quantization_config(cfg, device)  # before any conversion or download: fail fast
     path = resolve_model(cfg.name, cfg.revision)
+    fmt = weights_format(path, cfg.allow_pickle or pickle_allowed_by_env())
     kwargs: dict[str, Any] = {
         "dtype": pick_dtype(cfg.dtype, device),
         "trust_remote_code": cfg.trust_remote_code,
@@ -120,9 +176,20 @@ def load_base(cfg: ModelSection, device: str | None = None):
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), use_safetensors=fmt == "safetensors", weights_only=True, **kwargs
+        )
+    except pickle.UnpicklingError as e:
+        raise unsafe_pickle_error(path, e) from None
     except OSError as e:
         raise ModelError(f"{path}: cannot load model ({e}); safetensors weights are required") from None
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ModelError(
+            f"{path}: this model ships its own Python code (auto_map in config.json), which is not run by "
+            "default; read that code, then set model.trust_remote_code=true only if you trust it"
+        ) from None
     if quant is None:
         model.to(device)
     apply_surgery(model, cfg.drop_layers, cfg.keep_layers)
@@ -147,14 +214,17 @@ def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
     return json.loads((adapter_dir / ADAPTER_META).read_text())
 
 
-def load_for_inference(name_or_run: str | Path, device: str | None = None):
+def load_for_inference(name_or_run: str | Path, device: str | None = None, allow_pickle: bool | None = None):
     """A run dir, adapter dir or model name -> (model, tokenizer, meta), in eval mode.
 
     For an adapter, its recorded base model and layer surgery are re-applied first, so no
-    flag has to be repeated at inference time.
+    flag has to be repeated at inference time. `allow_pickle` (default: SMOLORA_ALLOW_PICKLE)
+    is never read from the run itself: a downloaded run must not opt itself in.
     """
     from peft import PeftModel
 
+    if allow_pickle is None:
+        allow_pickle = pickle_allowed_by_env()
     adapter_dir = find_adapter_dir(name_or_run)
     if adapter_dir is None:
         p = Path(name_or_run)
@@ -163,7 +233,7 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None):
                 f"{p} has no adapter yet (no {p / 'adapter' / ADAPTER_META}); finish or resume the run: "
                 f"smolora train {p / 'config.yaml'} --resume"
             )
-        model, tokenizer = load_base(ModelSection(name=str(name_or_run)), device)
+        model, tokenizer = load_base(ModelSection(name=str(name_or_run), allow_pickle=allow_pickle), device)
         model.eval()
         return model, tokenizer, {"base_model": str(name_or_run), "adapter": None}
     meta = read_adapter_meta(adapter_dir)
@@ -171,6 +241,7 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None):
         name=meta["base_model"],
         drop_layers=meta.get("drop_layers", []),
         keep_layers=meta.get("keep_layers"),
+        allow_pickle=allow_pickle,
     )
     if not (adapter_dir / "adapter_config.json").exists():
         # full / freeze: the directory holds the whole model, already pruned (its config.json
@@ -178,13 +249,28 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None):
         from transformers import AutoModelForCausalLM
 
         device = device or pick_device()
-        model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=pick_dtype("auto", device))
+        fmt = weights_format(adapter_dir, allow_pickle)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(adapter_dir),
+                dtype=pick_dtype("auto", device),
+                use_safetensors=fmt == "safetensors",
+                weights_only=True,
+                trust_remote_code=False,
+            )
+        except pickle.UnpicklingError as e:
+            raise unsafe_pickle_error(adapter_dir, e) from None
         model.to(device)
         tokenizer = load_tokenizer(adapter_dir)
         model.config.pad_token_id = tokenizer.pad_token_id
     else:
+        # PEFT reads adapter_model.safetensors, else adapter_model.bin with weights_only=True.
+        weights_format(adapter_dir, allow_pickle, "adapter")
         base, tokenizer = load_base(section, device)
-        model = PeftModel.from_pretrained(base, str(adapter_dir))
+        try:
+            model = PeftModel.from_pretrained(base, str(adapter_dir))
+        except pickle.UnpicklingError as e:
+            raise unsafe_pickle_error(adapter_dir, e) from None
         if (adapter_dir / "tokenizer_config.json").exists():
             tokenizer = load_tokenizer(adapter_dir)
     model.eval()

@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from smolora.errors import SmoLoRAError
+from smolora.redact import mask_text
 from smolora.ui import chat, jobs, models, resources, runs, training
 from smolora.ui.workspace import (
     OutsideWorkspace,
@@ -117,11 +118,11 @@ def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastA
 
     @app.exception_handler(SmoLoRAError)
     async def user_error(_: Request, e: SmoLoRAError):
-        return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"error": mask_text(str(e))}, status_code=400)
 
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, e: ValueError):
-        return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"error": mask_text(str(e))}, status_code=400)
 
     def run_path(user_path: str) -> Path:
         p = safe_path(workspace, user_path)
@@ -321,9 +322,9 @@ def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastA
                         yield _sse({"text": piece})
                 yield _sse({"done": True})
             except SmoLoRAError as e:
-                yield _sse({"error": str(e)})
+                yield _sse({"error": mask_text(str(e))})
             except Exception as e:  # a stream cannot change its status code any more; say what broke
-                yield _sse({"error": f"{type(e).__name__}: {e}"})
+                yield _sse({"error": mask_text(f"{type(e).__name__}: {e}")})
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}

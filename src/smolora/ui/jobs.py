@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from smolora.redact import mask_text
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -108,7 +110,8 @@ def log_tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
         f.seek(max(0, path.stat().st_size - max_bytes))
         text = f.read().decode("utf-8", errors="replace")
     text = ANSI.sub("", text).replace("\r", "\n")
-    return "\n".join(line for line in text.splitlines()[-lines:])
+    # What a subprocess printed goes to the browser: never with a token or key in it.
+    return mask_text("\n".join(line for line in text.splitlines()[-lines:]))
 
 
 def error_line(tail: str) -> str | None:
@@ -129,7 +132,7 @@ def display_command(argv: list[str]) -> str:
 
     if argv[1:3] == ["-m", "smolora.cli"]:
         argv = ["smolora", *argv[3:]]
-    return shlex.join(argv)
+    return mask_text(shlex.join(argv))
 
 
 def stop_all(jobs: dict[str, dict[str, Any]], timeout_s: float = 15.0) -> None:

@@ -44,10 +44,15 @@ def parse_problems(message: str) -> list[dict[str, str]]:
 def workspace_problems(data: dict[str, Any], workspace: Path) -> list[dict[str, str]]:
     """Paths in the (raw) config that would read or write outside the workspace."""
     section = lambda name: data.get(name) if isinstance(data.get(name), dict) else {}  # noqa: E731
+    output = section("output")
+    name = output.get("name")
     checks: list[tuple[str, Any]] = [
-        ("output.dir", section("output").get("dir")),
+        ("output.dir", output.get("dir")),
+        # The run directory itself: `output.name=../../x` must not climb out either.
+        ("output.name", f"{output.get('dir') or 'runs'}/{name}" if isinstance(name, str) and name else None),
         # Aliases (smollm2-135m) and hub ids resolve inside the workspace as relative paths: harmless.
         ("model.name", section("model").get("name")),
+        ("train.accelerate_config", section("train").get("accelerate_config")),
     ]
     for key in ("path", "val_path"):
         value = section("data").get(key)

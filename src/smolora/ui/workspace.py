@@ -2,7 +2,8 @@
 
 The workspace is a directory (default: where `smolora ui` was started). Relative paths are
 taken relative to it; absolute paths are accepted only when they land inside it; `..`,
-symlinks that leave it and NUL bytes are refused. Uploads are written there and nowhere else.
+symlinks that leave it and NUL bytes are refused. Uploads are written there and nowhere else,
+and never over a file that decides what a run or model loads (smolora.json, config.json, ...).
 
 Run as:
     p = safe_path(Path("."), "data/train.jsonl")      # -> /abs/workspace/data/train.jsonl
@@ -19,6 +20,17 @@ DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"}
 # Directories never worth walking for data files (and big enough to slow the listing down).
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "checkpoints", "adapter", ".cache"}
 MAX_UPLOAD_BYTES = 512 * 2**20
+# Files that steer what gets loaded (a run's base model, a model's code and config): an upload
+# must never replace them, or a browser could point a run at a model outside the workspace.
+RESERVED_NAMES = {
+    "smolora.json",
+    "adapter_config.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "manifest.json",
+    "trainer_state.json",
+}
 
 
 class OutsideWorkspace(ValueError):
@@ -43,9 +55,15 @@ def model_ref(workspace: Path, name: str) -> str:
     The UI process does not run in the workspace, so `tiny-llama/` must become `<workspace>/tiny-llama`
     before `resolve_model` sees it; `smollm2-135m` and `org/model` stay names.
     """
+    from smolora.model.store import BUNDLED
+
+    if name in BUNDLED:
+        return name
     p = Path(name).expanduser()
     if p.is_absolute() or name.startswith((".", "~")) or (workspace / name).exists():
         return str(safe_path(workspace, name))
+    if p.exists():  # a path relative to this process's directory, not the workspace: refuse it too
+        raise OutsideWorkspace(f"{name}: not in the workspace {workspace.resolve()}; use a path inside it")
     return name
 
 
@@ -82,6 +100,8 @@ async def save_upload(workspace: Path, user_path: str, chunks) -> Path:
     target = safe_path(workspace, user_path)
     if target.suffix.lower() not in DATA_SUFFIXES:
         raise ValueError(f"{user_path}: upload a data file ({', '.join(sorted(DATA_SUFFIXES))})")
+    if target.name.lower() in RESERVED_NAMES:
+        raise ValueError(f"{user_path}: {target.name} is a model or run file, not data; rename the upload")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".uploading")
     size = 0
