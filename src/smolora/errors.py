@@ -39,3 +39,9 @@ class IntegrityError(SmoLoRAError):
 
 class ExportError(SmoLoRAError):
     """A model cannot be merged, exported, pushed or served as asked (parity broken, unsupported shape)."""
+
+
+def excerpt(value: object, limit: int = 200) -> str:
+    """`str(value)` cut to `limit` characters: messages quote user data, and one record can be 100 MB."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -18,7 +18,7 @@ import string
 from typing import Any
 
 from smolora.config import DataSection
-from smolora.errors import DatasetError
+from smolora.errors import DatasetError, excerpt
 
 ROLES = ("prompt", "input", "response", "text", "messages", "system", "domain")
 # Roles any shape may carry next to its own: a per-row system prompt and seed 002's domain/hash.
@@ -102,7 +102,9 @@ def _conversation(value: Any, role_key: str, content_key: str) -> list[dict]:
             raise ValueError(f"each turn needs '{role_key}' and '{content_key}', got {str(turn)[:80]}")
         role = ROLE_ALIASES.get(str(turn[role_key]).lower())
         if role is None:
-            raise ValueError(f"unknown role {turn[role_key]!r}; expected one of {sorted(ROLE_ALIASES)}")
+            raise ValueError(
+                f"unknown role {excerpt(repr(turn[role_key]), 80)}; expected one of {sorted(ROLE_ALIASES)}"
+            )
         content = turn.get(content_key)
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -172,7 +174,7 @@ def _turn_style(records: list[dict], column: str) -> tuple[str, str] | None:
         if isinstance(value, str) and value.lstrip().startswith("["):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
                 return None
         if isinstance(value, list) and value and isinstance(value[0], dict):
             for keys in (("role", "content"), ("from", "value")):
@@ -213,9 +215,9 @@ def _source(cfg: DataSection) -> str:
 
 
 def _no_fields(cfg: DataSection, columns: list[str], what: str) -> DatasetError:
-    a, b = columns[:2] if len(columns) >= 2 else ["question", "answer"]
+    a, b = columns[:2] if len(columns) >= 2 and len(columns[0] + columns[1]) < 60 else ["question", "answer"]
     return DatasetError(
-        f"{what} in {_source(cfg)}; found fields: {columns}; map them with data.fields, "
+        f"{what} in {_source(cfg)}; found fields: {excerpt(columns, 150)}; map them with data.fields, "
         f"e.g. --set data.fields.prompt={a} --set data.fields.response={b}"
     )
 
@@ -228,7 +230,7 @@ def detect_format(records: list[dict], cfg: DataSection) -> tuple[str, dict[str,
         raise DatasetError(f"data.fields: unknown role(s) {bad_roles}; roles are {list(ROLES)}")
     missing = {role: col for role, col in cfg.fields.items() if col not in columns}
     if missing:
-        raise DatasetError(f"data.fields maps {missing} but {_source(cfg)} has fields: {columns}")
+        raise DatasetError(f"data.fields maps {missing} but {_source(cfg)} has fields: {excerpt(columns)}")
     if cfg.template:
         return _template_format(records, columns, cfg)
     candidates = list(FORMATS) if cfg.format == "auto" else [cfg.format]
@@ -266,7 +268,7 @@ def _template_format(records: list[dict], columns: list[str], cfg: DataSection) 
         raise DatasetError(f"data.template {cfg.template!r}: {e}") from None
     unknown = sorted(used - set(columns))
     if unknown:
-        raise DatasetError(f"data.template uses {unknown}, not fields of {_source(cfg)}: {columns}")
+        raise DatasetError(f"data.template uses {unknown}, not fields of {_source(cfg)}: {excerpt(columns)}")
     mapping = {"template": cfg.template, **_meta_mapping(columns, cfg)}
     if "response" in cfg.fields:
         return "qa", {**mapping, "response": cfg.fields["response"]}
@@ -280,7 +282,9 @@ def to_examples(records: list[dict], fmt: str, mapping: dict[str, str], cfg: Dat
     for i, record in enumerate(records):
         try:
             example = convert(record, mapping, cfg)
-        except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise DatasetError(f"{_source(cfg)}: record {i + 1}: cannot read it as {fmt} ({e})") from None
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
+            raise DatasetError(
+                f"{_source(cfg)}: record {i + 1}: cannot read it as {fmt} ({excerpt(e)})"
+            ) from None
         examples.append(_with_meta(example, record, mapping, cfg))
     return examples

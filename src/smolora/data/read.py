@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smolora.errors import DatasetError
+from smolora.errors import DatasetError, excerpt
 
 SUPPORTED = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt", ".md")
 # Markers of a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
@@ -27,6 +27,12 @@ HF_DIR_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 # Keys that usually hold the rows of a JSON file shaped as {"data": [...]} (seed 002).
 LIST_KEYS = ("data", "train", "examples", "rows", "records", "items", "instances", "samples")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# One record (a line, a row, a whole-file text) above this is not a training example, and
+# tokenizing it at once would not fit: 16 MiB of text took 22 s and 2.7 GB (SmolLM2 tokenizer).
+MAX_RECORD_CHARS = 16 << 20
+# A \ud800-\udfff escape: JSON can spell a lone UTF-16 surrogate, which no tokenizer accepts.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+SURROGATE_HINT = "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair): not valid text"
 
 
 def _supported() -> str:
@@ -114,6 +120,7 @@ def read_file(path: Path, text_mode: str = "whole", split: str = "train") -> lis
             if path.stat().st_size == 0:
                 raise DatasetError(f"{path}: empty file")
             records = pq.read_table(path).to_pylist()
+            check_record_sizes(records, path)  # compressed: a small file can hold a huge string
         else:
             text = _decode(path)
             if suffix in (".jsonl", ".ndjson"):
@@ -121,18 +128,64 @@ def read_file(path: Path, text_mode: str = "whole", split: str = "train") -> lis
             elif suffix == ".json":
                 records = _parse_json(text, path, split)
             elif suffix in (".csv", ".tsv"):
+                _check_line_lengths(text, path)  # before pandas, which holds several copies of a long line
                 records = _parse_csv(text, path, "\t" if suffix == ".tsv" else ",")
             elif text_mode == "lines":
+                _check_line_lengths(text, path)
                 records = [{"text": line} for line in text.split("\n") if line.strip()]
             else:
+                if len(text) > MAX_RECORD_CHARS:
+                    raise DatasetError(too_long(str(path), len(text), "or set data.text_mode=lines"))
                 records = [{"text": text}]
+            if suffix in (".json", ".csv", ".tsv") and len(text) > MAX_RECORD_CHARS:
+                check_record_sizes(records, path)
     except DatasetError:
         raise
     except Exception as e:  # a bad file must never surface as a raw traceback
-        raise DatasetError(f"{path}: could not read ({type(e).__name__}: {e})") from None
+        raise DatasetError(f"{path}: could not read ({type(e).__name__}: {excerpt(e)})") from None
     if not records:
         raise DatasetError(f"{path}: no records")
     return records
+
+
+def too_long(where: str, chars: int | None = None, fix: str = "") -> str:
+    size = f"a record of {chars / 2**20:.0f} MiB" if chars else "a record"
+    return (
+        f"{where}: {size} above the limit of {MAX_RECORD_CHARS >> 20} MiB per record (tokenizing that much "
+        f"text at once takes many GB); split it into smaller records{' ' + fix if fix else ''}"
+    )
+
+
+def _check_line_lengths(text: str, path: Path) -> None:
+    """DatasetError at the first line above MAX_RECORD_CHARS (only a text that long can hold one)."""
+    if len(text) <= MAX_RECORD_CHARS:
+        return
+    lines = text.split("\n")
+    if max(map(len, lines)) > MAX_RECORD_CHARS:
+        lineno, line = next((i, x) for i, x in enumerate(lines, 1) if len(x) > MAX_RECORD_CHARS)
+        raise DatasetError(too_long(f"{path}:{lineno}", len(line)))
+
+
+def check_record_sizes(records: list[dict], path: Path | str, first: int = 1) -> None:
+    """DatasetError naming the first record whose text is above MAX_RECORD_CHARS."""
+    for i, record in enumerate(records, first):
+        size = sum(len(v) for v in record.values() if isinstance(v, str))
+        if size > MAX_RECORD_CHARS:
+            raise DatasetError(too_long(f"{path}: record {i}", size))
+
+
+def lone_surrogate(obj: Any) -> bool:
+    """True when a parsed JSON value holds half of a UTF-16 surrogate pair (not valid Unicode)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def json_problem(e: json.JSONDecodeError) -> str:
+    # "Unterminated string starting at" already ends in "at".
+    return f"{e.msg.removesuffix(' at')} at column {e.colno}"
 
 
 def _decode(path: Path) -> str:
@@ -158,15 +211,22 @@ def _decode(path: Path) -> str:
 def _parse_jsonl(text: str, path: Path) -> list[dict]:
     records = []
     # split("\n"), not splitlines(): U+2028 and friends are legal inside JSON strings.
+    escapes = _SURROGATE_ESCAPE.search(text) is not None
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
+        if len(line) > MAX_RECORD_CHARS:  # before parsing: no time spent on a 100 MB line
+            raise DatasetError(too_long(f"{path}:{lineno}", len(line)))
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            raise DatasetError(f"{path}:{lineno}: not valid JSON ({json_problem(e)})") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, 10,000 nested lists
+            raise DatasetError(f"{path}:{lineno}: cannot read this JSON ({excerpt(e, 120)})") from None
         if not isinstance(obj, dict):
             raise DatasetError(f"{path}:{lineno}: expected a JSON object per line, got {_kind(obj)}")
+        if escapes and lone_surrogate(obj):
+            raise DatasetError(f"{path}:{lineno}: {SURROGATE_HINT}")
         records.append(obj)
     return records
 
@@ -177,11 +237,14 @@ def _parse_json(text: str, path: Path, split: str) -> list[dict]:
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # a .json file that is really JSON Lines: common enough to accept
             return _parse_jsonl(text, path)
-        raise DatasetError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        raise DatasetError(f"{path}:{e.lineno}: not valid JSON ({json_problem(e)})") from None
     rows = data if isinstance(data, list) else _list_in_dict(data, path, split)
+    escapes = _SURROGATE_ESCAPE.search(text) is not None
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DatasetError(f"{path}: item {i} is {_kind(row)}; expected a list of JSON objects")
+        if escapes and lone_surrogate(row):
+            raise DatasetError(f"{path}: item {i} {SURROGATE_HINT}")
     return rows
 
 
@@ -198,10 +261,12 @@ def _list_in_dict(data: Any, path: Path, split: str) -> list:
     if len(lists) == 1:
         return next(iter(lists.values()))
     if lists:
-        raise DatasetError(f"{path}: several lists of records ({sorted(lists)}); set data.split to pick one")
+        raise DatasetError(
+            f"{path}: several lists of records ({excerpt(sorted(lists))}); set data.split to pick one"
+        )
     raise DatasetError(
         f"{path}: expected a list of objects, or an object holding one under a key such as 'data'; "
-        f"found an object with keys {list(data)[:10]}"
+        f"found an object with keys {excerpt(list(data)[:10])}"
     )
 
 
@@ -214,7 +279,7 @@ def _parse_csv(text: str, path: Path, sep: str) -> list[dict]:
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{path}: empty file") from None
     except pd.errors.ParserError as e:
-        msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
+        msg = excerpt(str(e).replace("Error tokenizing data. C error: ", "").strip())
         m = re.search(r"line (\d+)", msg)
         where = f"{path}:{m.group(1)}" if m else str(path)
         raise DatasetError(f"{where}: not valid {'TSV' if sep == chr(9) else 'CSV'} ({msg})") from None
@@ -231,7 +296,9 @@ def _read_hf_dir(path: Path, split: str) -> list[dict]:
         if split not in ds:
             raise DatasetError(f"{path}: no split '{split}' (found {list(ds)}); set data.split")
         ds = ds[split]
-    return ds.to_list()
+    records = ds.to_list()
+    check_record_sizes(records, path)
+    return records
 
 
 def _read_hub(name: str, split: str, max_examples: int | None) -> list[dict]:

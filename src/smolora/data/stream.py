@@ -34,9 +34,20 @@ from smolora.config import DataSection, RunConfig
 from smolora.data.clean import clean_examples
 from smolora.data.formats import detect_format, to_examples
 from smolora.data.pipeline import FEATURES, encode_rows, load_examples
-from smolora.data.read import expand_paths, is_hf_dir, is_hub_name, read_file
+from smolora.data.read import (
+    MAX_RECORD_CHARS,
+    SURROGATE_HINT,
+    check_record_sizes,
+    expand_paths,
+    is_hf_dir,
+    is_hub_name,
+    json_problem,
+    lone_surrogate,
+    read_file,
+    too_long,
+)
 from smolora.data.render import ensure_chat_template
-from smolora.errors import DatasetError
+from smolora.errors import DatasetError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +73,12 @@ def make_shards(paths: list[Path], text_mode: str, ranks: int = 1, split: str = 
     shards: list[tuple] = []
     for path in paths:
         if is_hf_dir(path):
-            n = len(_load_dir(path, split))
+            n = len(_unless_broken(path, _load_dir, path, split))
             shards += [("rows", str(path), a, min(a + SHARD_ROWS, n)) for a in range(0, n, SHARD_ROWS)]
         elif path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            groups = pq.ParquetFile(path).num_row_groups
+            groups = _unless_broken(path, lambda p: pq.ParquetFile(p).num_row_groups, path)
             shards += [("rowgroup", str(path), g, 0) for g in range(groups)]
         elif _splittable(path, text_mode):
             size = path.stat().st_size
@@ -80,6 +91,16 @@ def make_shards(paths: list[Path], text_mode: str, ranks: int = 1, split: str = 
     return shards
 
 
+def _unless_broken(path: Path | str, fn, *args):
+    """fn(*args); a damaged file (corrupt parquet footer, broken state.json) becomes a DatasetError."""
+    try:
+        return fn(*args)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"{path}: could not read ({type(e).__name__}: {excerpt(e)})") from None
+
+
 def _load_dir(path: Path, split: str = "train") -> datasets.Dataset:
     ds = datasets.load_from_disk(str(path))  # memory-mapped: nothing is read until asked for
     if isinstance(ds, datasets.DatasetDict):
@@ -90,14 +111,20 @@ def _load_dir(path: Path, split: str = "train") -> datasets.Dataset:
 
 
 def _lines(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) for the lines that start inside [start, end)."""
+    """(offset, line) for the lines that start inside [start, end).
+
+    A line longer than MAX_RECORD_CHARS bytes comes cut at one byte past the limit (no newline),
+    so a 100 MB line is never held whole.
+    """
     with open(path, "rb") as f:
         if start > 0:
             f.seek(start - 1)
-            f.readline()  # finish the line that began before our range: it belongs to the previous shard
+            # Finish the line that began before our range (it belongs to the previous shard), a MiB at a time.
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
         pos = f.tell()
         while pos < end:
-            line = f.readline()
+            line = f.readline(MAX_RECORD_CHARS + 1)
             if not line:
                 break
             yield pos, line
@@ -108,31 +135,49 @@ def read_shard(shard: tuple, text_mode: str = "whole", split: str = "train") -> 
     """The records of one shard, as plain dicts (the same records `read_records` gives)."""
     kind, path, a, b = shard
     if kind == "rows":
-        yield from _load_dir(Path(path), split).select(range(a, b))
+        rows = _unless_broken(path, lambda: _load_dir(Path(path), split).select(range(a, b)))
+        for i, row in enumerate(rows, a + 1):
+            check_record_sizes([row], path, first=i)
+            yield row
     elif kind == "rowgroup":
         import pyarrow.parquet as pq
 
-        yield from pq.ParquetFile(path).read_row_group(a).to_pylist()
+        rows = _unless_broken(path, lambda: pq.ParquetFile(path).read_row_group(a).to_pylist())
+        check_record_sizes(rows, f"{path} (row group {a})")
+        yield from rows
     elif kind == "bytes":
-        is_json = Path(path).suffix.lower() in LINE_SUFFIXES
-        for pos, raw in _lines(path, a, b):
-            line = raw.decode("utf-8-sig" if pos == 0 else "utf-8", errors="replace").rstrip("\r\n")
-            if not line.strip():
-                continue
-            if not is_json:
-                yield {"text": line}
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(
-                    f"{path} (byte {pos}): not valid JSON ({e.msg} at column {e.colno})"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{path} (byte {pos}): expected a JSON object per line")
-            yield obj
+        yield from _line_records(path, a, b)
     else:  # CSV, JSON and whole-text files are read whole: use JSONL or parquet for data beyond RAM
         yield from read_file(Path(path), text_mode, split)
+
+
+def _line_records(path: str, start: int, end: int) -> Iterator[dict]:
+    """The records of a byte range of a JSONL (one object a line) or line-per-record text file."""
+    is_json = Path(path).suffix.lower() in LINE_SUFFIXES
+    for pos, raw in _lines(path, start, end):
+        where = f"{path} (byte {pos})"
+        if pos == 0 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise DatasetError(f"{path}: UTF-16 text; streaming reads UTF-8 only: re-save the file as UTF-8")
+        if len(raw) > MAX_RECORD_CHARS:
+            raise DatasetError(too_long(where))  # cut at the limit: its real size is unknown
+        # errors="replace": one stray byte in a terabyte must not stop a long streamed run.
+        line = raw.decode("utf-8-sig" if pos == 0 else "utf-8", errors="replace").rstrip("\r\n")
+        if not line.strip():
+            continue
+        if not is_json:
+            yield {"text": line}
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{where}: not valid JSON ({json_problem(e)})") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, 10,000 nested lists
+            raise DatasetError(f"{where}: cannot read this JSON ({excerpt(e, 120)})") from None
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{where}: expected a JSON object per line")
+        if (b"\\ud" in raw or b"\\uD" in raw) and lone_surrogate(obj):
+            raise DatasetError(f"{where}: {SURROGATE_HINT}")
+        yield obj
 
 
 def _records(shards: list[tuple], text_mode: str, split: str, repeat: bool = True) -> Iterator[dict]:
@@ -206,6 +251,13 @@ def prepare_stream(cfg: RunConfig, tokenizer, repeat: bool = True) -> dict:
     if not head:
         raise DatasetError(f"{d.path}: no records")
     fmt, mapping = detect_format(head, d)
+    # Records that all clean away (or keep no trainable token) would make the endless stream loop
+    # without ever giving training a batch: a hang. The head tells before training waits on it.
+    if not _encode_batch({"record": head}, tokenizer, d, fmt, mapping)["input_ids"]:
+        raise DatasetError(
+            f"{d.path}: the first {len(head)} records give no trainable example (empty after cleaning, or "
+            "nothing left to learn after masking and truncation); check the fields with `smolora data inspect`"
+        )
     train = raw.shuffle(seed=cfg.train.seed, buffer_size=SHUFFLE_BUFFER).map(
         _encode_batch,
         batched=True,
