@@ -7,6 +7,7 @@ TensorBoard is checked in test_eval.py. These two need the optional `track` extr
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -49,3 +50,20 @@ def test_mlflow_and_wandb_log_into_the_run_dir(tiny_model_dir, qa_file, tmp_path
     offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert offline and offline[0].stat().st_size > 0
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def test_each_run_in_one_process_gets_its_own_mlflow_store_but_a_users_uri_wins(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from smolora.train import tracking_env
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = SimpleNamespace(train=SimpleNamespace(report_to=["mlflow"]))
+    tracking_env(cfg, tmp_path / "a")
+    first = os.environ["MLFLOW_TRACKING_URI"]
+    tracking_env(cfg, tmp_path / "b")
+    assert first.endswith("/a/mlruns") and os.environ["MLFLOW_TRACKING_URI"].endswith("/b/mlruns")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    tracking_env(cfg, tmp_path / "c")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://tracking.example:5000"

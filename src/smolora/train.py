@@ -182,17 +182,25 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return checkpoint
 
 
+_SET_BY_US: dict[str, str] = {}  # environment values tracking_env set, so the next run may replace them
+
+
 def tracking_env(cfg: RunConfig, run_dir: Path) -> None:
     """Point transformers' tracking integrations at the run directory, offline-safe."""
     if "tensorboard" in cfg.train.report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     if "mlflow" in cfg.train.report_to:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+        # The user's own tracking server wins; one we set for an earlier run in this process does not.
+        if os.environ.get("MLFLOW_TRACKING_URI") in (None, _SET_BY_US.get("MLFLOW_TRACKING_URI")):
+            os.environ["MLFLOW_TRACKING_URI"] = _SET_BY_US["MLFLOW_TRACKING_URI"] = (
+                (run_dir / "mlruns").resolve().as_uri()
+            )
         # mlflow 3 refuses a plain-folder store unless told; it needs no server or database.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     if "wandb" in cfg.train.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        if os.environ.get("WANDB_DIR") in (None, _SET_BY_US.get("WANDB_DIR")):
+            os.environ["WANDB_DIR"] = _SET_BY_US["WANDB_DIR"] = str(run_dir)
 
 
 def training_arguments(cfg: RunConfig, run_dir: Path, device: str, has_val: bool) -> TrainingArguments:
