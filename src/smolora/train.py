@@ -461,7 +461,10 @@ def train(
             "stopped at step %d; checkpoint kept in %s", trainer.state.global_step, last_checkpoint(run_dir)
         )
         raise KeyboardInterrupt
-    if data["val"] is not None:
+    evaluated_last = any(
+        "eval_loss" in h and h.get("step") == trainer.state.global_step for h in trainer.state.log_history
+    )
+    if data["val"] is not None and not evaluated_last:  # eval_every may have just landed on the last step
         trainer.evaluate()
 
     # 6. the result (FSDP / ZeRO-3: gather the shards on every rank, write on rank 0, then check it)
