@@ -58,7 +58,7 @@ def bench(
 
     Example: smolora bench --steps 10 --warmup 2 --json bench.json
 
-    Example: smolora bench --steps 2 --peers naive,grouped --skip-peers
+    Example: smolora bench --steps 2 --peers naive,grouped --no-lowmem
     """
     from smolora import bench as b
     from smolora.model.load import physical_cores
