@@ -351,9 +351,10 @@ def fake_report() -> dict:
         "generation": {
             "prompts": 8,
             "max_new_tokens": 32,
-            "one_at_a_time": {"tokens_per_s": 10.0},
-            "batched": {"tokens_per_s": 20.0},
+            "one_at_a_time": {"tokens_per_s": 10.0, "prefill_s": 2.2, "decode_tokens_per_s": 14.0},
+            "batched": {"tokens_per_s": 20.0, "prefill_s": 2.5, "decode_tokens_per_s": 49.0},
             "speedup": 2.0,
+            "decode_speedup": 3.5,
         },
     }
 
@@ -383,6 +384,7 @@ def test_bench_report_targets_records_and_docs(tmp_path):
     text = doc.read_text()
     assert "prose before" in text and "prose after" in text and "old" not in text
     assert "| smolora | 150.0 |" in text and "3.75x" in text  # naive row: SmoLoRA / naive
+    assert "batched 49.0 tokens/s (3.5x)" in text  # decoding alone, after the prompt pass
 
 
 def test_bench_rejects_unknown_peer_mode():

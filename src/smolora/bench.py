@@ -391,12 +391,26 @@ def generate_worker(args: argparse.Namespace) -> dict[str, Any]:
     generate(model, tokenizer, prompts[:1], max_new_tokens=4)  # warm-up
     result: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens}
     for name, batch_size in (("one_at_a_time", 1), ("batched", len(prompts))):
+        # The prompt pass costs the same compute batched or not; time it alone (one new token) so
+        # the report can say how much of the difference is decoding.
+        start = time.perf_counter()
+        generate(model, tokenizer, prompts, max_new_tokens=1, batch_size=batch_size)
+        prefill = time.perf_counter() - start
         start = time.perf_counter()
         outs = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=batch_size)
         wall = time.perf_counter() - start
         tokens = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) + 1 for o in outs)
-        result[name] = {"tokens_per_s": round(tokens / wall, 2), "wall_s": round(wall, 2), "tokens": tokens}
+        result[name] = {
+            "tokens_per_s": round(tokens / wall, 2),
+            "wall_s": round(wall, 2),
+            "tokens": tokens,
+            "prefill_s": round(prefill, 2),
+            "decode_tokens_per_s": round((tokens - len(prompts)) / max(wall - prefill, 1e-6), 2),
+        }
     result["speedup"] = round(result["batched"]["tokens_per_s"] / result["one_at_a_time"]["tokens_per_s"], 2)
+    result["decode_speedup"] = round(
+        result["batched"]["decode_tokens_per_s"] / result["one_at_a_time"]["decode_tokens_per_s"], 2
+    )
     result["threads"] = torch.get_num_threads()
     return result
 

@@ -307,6 +307,15 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{g['batched']['tokens_per_s']} tokens/s ({g['speedup']}x).",
                 "",
             ]
+            if "decode_speedup" in g:
+                one, many = g["one_at_a_time"], g["batched"]
+                parts += [
+                    f"Of that, the prompt pass (timed alone with one new token): one at a time "
+                    f"{one['prefill_s']} s, batched {many['prefill_s']} s; decoding after it: one at a time "
+                    f"{one['decode_tokens_per_s']} tokens/s, batched {many['decode_tokens_per_s']} tokens/s "
+                    f"({g['decode_speedup']}x).",
+                    "",
+                ]
     if ours.get("profile"):
         parts += [
             "SmoLoRA, one training step under torch.profiler (self CPU time):",
