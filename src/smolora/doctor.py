@@ -30,7 +30,7 @@ from smolora.errors import ModelError
 TESTED = {
     "python": "3.11",
     "torch": "2.13.0",
-    "transformers": "5.23.0",
+    "transformers": "5.24.0",
     "peft": "0.21.2",
     "accelerate": "1.15.0",
     "datasets": "5.2.0",
