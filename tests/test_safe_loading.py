@@ -168,3 +168,61 @@ def test_cli_generate_refuses_then_accepts_allow_pickle(pickle_model_dir):
     )
     assert ok.exit_code == 0, ok.output
     assert '"prompt": "hi"' in ok.output
+
+
+# --- the check looks at the file that will be loaded, not at what else lies beside it --------
+
+
+def test_a_decoy_safetensors_beside_an_adapter_pickle_does_not_open_the_door(adapter_dir):
+    """PEFT reads adapter_model.bin when adapter_model.safetensors is absent, whatever else is there."""
+    from safetensors.torch import save_file
+
+    adapter_as_pickle(adapter_dir)
+    save_file({"x": torch.zeros(1)}, str(adapter_dir / "decoy.safetensors"))
+    with pytest.raises(ModelError, match="adapter_model.bin: adapter weights in pickle format"):
+        load_for_inference(adapter_dir, "cpu")
+    model, _, _ = load_for_inference(adapter_dir, "cpu", allow_pickle=True)  # the opt-in still works
+    assert not model.training
+
+
+def test_a_decoy_safetensors_beside_a_model_pickle_is_not_taken_for_the_weights(pickle_model_dir):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(pickle_model_dir / "decoy.safetensors"))
+    with pytest.raises(ModelError, match="pytorch_model.bin: model weights in pickle format.*--allow-pickle"):
+        load_base(ModelSection(name=str(pickle_model_dir)), "cpu")
+    model, _ = load_base(ModelSection(name=str(pickle_model_dir), allow_pickle=True), "cpu")
+    assert model.config.num_hidden_layers == 2
+
+
+def test_config_transformers_weights_naming_a_pickle_is_refused(tiny_model_dir, tmp_path):
+    """transformers loads config.json's `transformers_weights` even when model.safetensors is there."""
+    from safetensors.torch import load_file
+
+    d = tmp_path / "explicit"
+    shutil.copytree(tiny_model_dir, d)
+    torch.save(load_file(str(d / "model.safetensors")), d / "adapter_model.bin")
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "transformers_weights": "adapter_model.bin"}))
+    with pytest.raises(ModelError, match="adapter_model.bin: model weights in pickle format"):
+        load_base(ModelSection(name=str(d)), "cpu")
+
+
+def test_a_sharded_safetensors_index_with_a_pickle_shard_is_refused(pickle_model_dir, tmp_path):
+    """Shards are read by their own suffix: an index can point a 'safetensors' model at a pickle."""
+    from safetensors.torch import save_file
+
+    # transformers opens every shard with safetensors when the first (sorted) one is; this one is not.
+    pickled = (pickle_model_dir / "pytorch_model.bin").rename(pickle_model_dir / "model-00000-of-00002.bin")
+    state = torch.load(pickled, weights_only=True)
+    first = "model.embed_tokens.weight"
+    save_file({first: state[first]}, str(pickle_model_dir / "model-00001-of-00002.safetensors"))
+    weight_map = {k: pickled.name for k in state} | {first: "model-00001-of-00002.safetensors"}
+    (pickle_model_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    with pytest.raises(ModelError, match="model-00000-of-00002.bin: model weights in pickle format"):
+        load_base(ModelSection(name=str(pickle_model_dir)), "cpu")
+    (pickle_model_dir / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not a readable weights index"):
+        load_base(ModelSection(name=str(pickle_model_dir)), "cpu")

@@ -31,9 +31,9 @@ from smolora.model.store import resolve_model
 from smolora.model.surgery import apply_surgery, decoder_layers, surgery_summary
 
 ADAPTER_META = "smolora.json"
-# Pickle files that may hold weights; training_args.bin (a Trainer checkpoint's settings) is not one.
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
-NOT_WEIGHTS = {"training_args.bin"}
+# The weight files transformers looks for in a local directory, in its order.
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 log = logging.getLogger("smolora")
 
 
@@ -42,31 +42,72 @@ def pickle_allowed_by_env() -> bool:
     return os.environ.get("SMOLORA_ALLOW_PICKLE", "").strip().lower() in ("1", "true", "yes")
 
 
+def weights_files(model_dir: Path, what: str = "model") -> list[Path]:
+    """The weight files transformers (a model) or PEFT (an adapter) will actually read from `model_dir`.
+
+    Mirrors their own choice, so the pickle check looks at what gets loaded, not at what else
+    lies beside it: PEFT takes adapter_model.safetensors, else adapter_model.bin; transformers
+    takes config.json's `transformers_weights` when set, else model.safetensors, then the sharded
+    index (whose shards are read by their own suffix), and pytorch_model.bin only when told that
+    safetensors are not wanted. Empty when none of them is there.
+    """
+    if what == "adapter":
+        for name in ("adapter_model.safetensors", "adapter_model.bin"):
+            if (model_dir / name).exists():  # os.path.exists, as PEFT checks
+                return [model_dir / name]
+        return []
+    explicit = _explicit_weights(model_dir)
+    names = [explicit] if explicit else [*SAFE_WEIGHTS, *PICKLE_WEIGHTS]
+    for name in names:
+        f = model_dir / name
+        if f.is_file():
+            return _index_shards(f) if name.endswith(".index.json") else [f]
+    return []
+
+
+def _explicit_weights(model_dir: Path) -> str | None:
+    """config.json's `transformers_weights`: transformers loads that file whatever else is there."""
+    try:
+        name = json.loads((model_dir / "config.json").read_text()).get("transformers_weights")
+    except (OSError, ValueError, AttributeError):
+        return None  # no config, or one transformers will refuse itself
+    return name if isinstance(name, str) and name else None
+
+
+def _index_shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ModelError(f"{index}: not a readable weights index (no weight_map)") from None
+    return [index.parent / str(s) for s in shards]
+
+
 def weights_format(model_dir: Path, allow_pickle: bool, what: str = "model") -> str:
-    """'safetensors', or 'pickle' when only pickle weights are there and the user opted in.
+    """'safetensors', or 'pickle' when the weights that will be read are a pickle and the user opted in.
 
     A pickle can run any code while it is unpickled, so without the opt-in it is refused
     before transformers or PEFT ever open it.
     """
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: no such {what} directory")
-    if any(model_dir.glob("*.safetensors")):
-        return "safetensors"
-    pickles = sorted(
-        f.name
-        for f in model_dir.iterdir()
-        if f.is_file() and f.suffix in PICKLE_SUFFIXES and f.name not in NOT_WEIGHTS
-    )
+    files = weights_files(model_dir, what)
+    if not files:
+        expected = "adapter_model.safetensors" if what == "adapter" else SAFE_WEIGHTS[0]
+        raise ModelError(f"{model_dir}: no {what} weights in this directory (expected {expected})")
+    pickles = [f for f in files if not f.name.endswith(".safetensors")]
     if not pickles:
-        raise ModelError(f"{model_dir}: no {what} weights (*.safetensors) in this directory")
+        return "safetensors"
     if not allow_pickle:
         raise ModelError(
-            f"{model_dir / pickles[0]}: {what} weights in pickle format, which can run code when loaded; "
+            f"{pickles[0]}: {what} weights in pickle format, which can run code when loaded; "
             "convert them to safetensors (load once with transformers and save_pretrained), or, if you "
             "trust the file, pass --set model.allow_pickle=true (run commands: --allow-pickle or "
             "SMOLORA_ALLOW_PICKLE=1); it is then read with torch weights_only=True"
         )
-    log.warning("%s: loading pickle weights %s with weights_only=True", model_dir, ", ".join(pickles))
+    log.warning(
+        "%s: loading pickle weights %s with weights_only=True", model_dir, ", ".join(f.name for f in pickles)
+    )
     return "pickle"
 
 
