@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from smolora.errors import TrainingError
+from smolora.runs import fsync_dir
 
 log = logging.getLogger("smolora")
 
@@ -93,26 +94,49 @@ def good_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[str, str]]]:
     return None, skipped
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then every directory, deepest first.
+
+    A rename publishes a directory; without this, a power cut soon after could leave the
+    published name pointing at files the disk never got.
+    """
+    dirs = [root]
+    for p in sorted(root.rglob("*")):
+        if p.is_dir():
+            dirs.append(p)
+        elif p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in reversed(dirs):
+        fsync_dir(d)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once: a temp file beside it, flushed, then os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot sync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def publish(staged: Path, final: Path, step: int, keep: int | None) -> None:
     """Manifest, flush, rename `staged` to `final`, then delete the oldest beyond `keep`."""
     write_manifest(staged, step)
+    fsync_tree(staged)  # data files on disk before the name that says they are complete
     if final.exists():  # the same step saved twice (a retry after out-of-memory): newest wins
         shutil.rmtree(final)
     os.replace(staged, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(staged.parent, ignore_errors=True)  # .staging is empty now
     if keep and keep > 0:
         for old in checkpoints_of(final.parent.parent)[:-keep]:
@@ -120,18 +144,29 @@ def publish(staged: Path, final: Path, step: int, keep: int | None) -> None:
 
 
 def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT from any writer: an OSError, torch's RuntimeError, safetensors' SafetensorError."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(e).lower()
-    return "no space left" in text or "disk quota" in text or "file write failed" in text
+    # torch: "file write failed"; safetensors (Rust io::Error): "os error 28", "StorageFull"
+    words = (
+        "no space left",
+        "disk quota",
+        "file write failed",
+        "os error 28",
+        "storagefull",
+        "quota exceeded",
+    )
+    return any(w in text for w in words)
 
 
-def disk_full_error(run_dir: Path, step: int, e: BaseException) -> TrainingError:
+def disk_full_error(run_dir: Path, step: int, e: BaseException, what: str | None = None) -> TrainingError:
     free = shutil.disk_usage(run_dir).free / 2**20 if run_dir.exists() else 0.0
     ckpt, _ = good_checkpoint(run_dir)
     kept = f"{ckpt.name} is intact" if ckpt else "no earlier checkpoint exists"
+    where = what or f"checkpoint-{step} in {run_dir / 'checkpoints'}"
     return TrainingError(
-        f"disk full while saving checkpoint-{step} in {run_dir / 'checkpoints'} ({free:.0f} MiB free; "
+        f"disk full while saving {where} ({free:.0f} MiB free; "
         f"{type(e).__name__}: {str(e)[:120]}); {kept}. Free some space (or lower train.keep_checkpoints, "
         "or point output.dir at a bigger disk), then continue with --resume"
     )
@@ -149,4 +184,4 @@ def trim_metrics(run_dir: Path, step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue  # a line cut short by the crash
-    path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    write_atomic(path, "".join(x + "\n" for x in keep))  # a crash now leaves the old file, not half

@@ -190,7 +190,22 @@ class EvalSection(Section):
 
 class OutputSection(Section):
     dir: str = "runs"
-    name: str | None = Field(None, description="Run name (default: the config file's name).")
+    name: str | None = Field(
+        None, description="Run name, one folder name inside output.dir (default: the config file's name)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: str | None) -> str | None:
+        # The run directory is output.dir/name and a re-run replaces it: `..` or `a/b` would point
+        # that at a folder SmoLoRA does not own (the parent of runs/, a user's data/).
+        if v is None:
+            return v
+        if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0"):
+            raise ValueError(
+                "must be one folder name (not empty, '.' or '..'; no '/', '\\' or NUL), e.g. my-run"
+            )
+        return v
 
 
 class RunConfig(Section):
@@ -381,10 +396,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read, inherit, override and validate. The run name defaults to the config file's stem."""
     data = read_with_extends(path) if path else {}
     data = apply_overrides(data, overrides or [])
-    cfg = build_config(data, str(path or "config"))
-    if cfg.output.name is None:
-        cfg.output.name = Path(path).stem if path else "run"
-    return cfg
+    output = data.get("output", {})
+    if isinstance(output, dict) and output.get("name") is None:
+        # Validated with the rest: a file called `..yaml` must not name the run `.`.
+        data = deep_merge(data, {"output": {"name": Path(path).stem if path else "run"}})
+    return build_config(data, str(path or "config"))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -139,13 +139,17 @@ def _lora_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def check_saved_weights(out_dir: Path, model: torch.nn.Module | None = None, trained: bool = True) -> dict:
+def check_saved_weights(
+    out_dir: Path, model: torch.nn.Module | None = None, trained: bool = True, sharded: bool = True
+) -> dict:
     """Fail loudly if the saved adapter (or full model) is empty, truncated or shaped wrongly.
 
     Checks: the weights file exists and holds tensors; no tensor is empty (ZeRO-3's failure);
     every LoRA pair agrees on its rank and, given the model, on the layer's in/out features and
     covers every LoRA layer (a shard instead of the whole is FSDP's failure); A matrices are
     non-zero (they start random) and, after training, some B matrix is too. Returns a summary.
+    `trained`: some optimizer step had a non-zero learning rate (with warmup, step 1's is 0).
+    `sharded`: several processes trained, so the FSDP / ZeRO-3 settings are the likely cause.
     """
     from safetensors import safe_open
 
@@ -153,6 +157,8 @@ def check_saved_weights(out_dir: Path, model: torch.nn.Module | None = None, tra
     fix = (
         "under FSDP keep fsdp_state_dict_type: FULL_STATE_DICT; under DeepSpeed ZeRO-3 set "
         "zero3_save_16bit_model: true (see examples/accelerate/)"
+        if sharded
+        else "this is a bug in saving; please report it with the run's train.log"
     )
     if not files:
         raise TrainingError(f"{out_dir}: no weights were written; {fix}")

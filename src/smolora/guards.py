@@ -56,6 +56,21 @@ class NonFiniteGuard(TrainerCallback):
                 raise non_finite_error(what, state.global_step + 1, self.run_dir, self.lr)
 
 
+class UpdateRecorder(TrainerCallback):
+    """Whether any optimizer step ran with a non-zero learning rate.
+
+    Only then must some lora_B be non-zero in the saved adapter: with warmup, step 1's learning
+    rate is 0, so a one-step smoke run legitimately saves lora_B == 0.
+    """
+
+    def __init__(self) -> None:
+        self.moved = False
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
+        if optimizer is not None and any(g.get("lr", 0) > 0 for g in optimizer.param_groups):
+            self.moved = True
+
+
 def check_loss(loss: torch.Tensor, step: int, run_dir: Path, lr: float) -> None:
     if not bool(torch.isfinite(loss).all()):
         raise non_finite_error(f"loss is {float(loss)}", step, run_dir, lr)

@@ -3,6 +3,10 @@
 Everything is read from the run directory (config.yaml, metrics.jsonl, adapter/smolora.json,
 eval/metrics.json); nothing loads a model, so listing a hundred runs takes no time.
 
+Ownership: every run directory SmoLoRA creates carries `.smolora-run`; nothing without it is
+ever deleted or replaced. A re-run of a finished name trains in `NAME.staging-<pid>` and only
+once it succeeded swaps in (`publish_run`), keeping the old run as `NAME.previous`.
+
 Run as:
     rows = list_runs("runs")
     diff = compare_runs("runs/a", "runs/b")   # {"config": [...], "metrics": [...]}
@@ -11,6 +15,9 @@ Run as:
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,99 @@ import yaml
 
 from smolora.errors import SmoLoRAError
 from smolora.report import read_jsonl
+
+RUN_MARKER = ".smolora-run"  # in every run directory SmoLoRA made: only those may be replaced
+PREVIOUS = ".previous"  # NAME.previous: the run a successful re-run of NAME replaced
+STAGING_RUN = ".staging-"  # NAME.staging-<pid>: a re-run of a finished NAME, until it succeeds
+
+
+def mark_run(path: Path) -> None:
+    """Create `path` (and parents) as a SmoLoRA run directory."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / RUN_MARKER).write_text(
+        "made by SmoLoRA; a re-run of this name may replace it\n", encoding="utf-8"
+    )
+
+
+def is_marked(path: Path) -> bool:
+    return (path / RUN_MARKER).is_file()
+
+
+def require_marked(path: Path) -> None:
+    if not is_marked(path):
+        raise SmoLoRAError(
+            f"{path} exists and is not a SmoLoRA run; pick another output.name or remove it yourself"
+        )
+
+
+def remove_run(path: Path) -> None:
+    """Delete a run directory, refusing anything SmoLoRA did not make (no marker)."""
+    require_marked(path)
+    shutil.rmtree(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: alive as far as we can tell
+    return True
+
+
+def staged_runs(final: Path) -> list[tuple[Path, bool]]:
+    """The `NAME.staging-<pid>` directories of a run, newest first, with whether their trainer lives."""
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(final.name + STAGING_RUN) + r"(\d+)")
+    found = []
+    for p in final.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and p.is_dir() and is_marked(p):
+            pid = int(m.group(1))
+            found.append((p, pid != os.getpid() and _pid_alive(pid)))
+    return sorted(found, key=lambda x: x[0].stat().st_mtime, reverse=True)
+
+
+def staging_dir(final: Path) -> Path:
+    return final.with_name(f"{final.name}{STAGING_RUN}{os.getpid()}")
+
+
+def previous_dir(final: Path) -> Path:
+    return final.with_name(final.name + PREVIOUS)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (some filesystems cannot sync a directory: then best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish_run(staged: Path, final: Path) -> None:
+    """A finished re-run replaces `final`: old run -> NAME.previous, staging -> NAME, two renames.
+
+    Between the renames NAME is briefly absent; a crash there leaves both runs whole
+    (NAME.previous and NAME.staging-<pid>), never half of one.
+    """
+    if staged == final:
+        return
+    previous = previous_dir(final)
+    if previous.exists():
+        remove_run(previous)  # an older NAME.previous that SmoLoRA made; anything else is refused
+    if final.exists():
+        require_marked(final)
+        os.replace(final, previous)
+    os.replace(staged, final)
+    fsync_dir(final.parent)
 
 
 def is_run(path: Path) -> bool:

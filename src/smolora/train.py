@@ -24,7 +24,15 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
 
-from smolora.checkpoints import STAGING, disk_full_error, good_checkpoint, is_disk_full, publish, trim_metrics
+from smolora.checkpoints import (
+    STAGING,
+    disk_full_error,
+    fsync_tree,
+    good_checkpoint,
+    is_disk_full,
+    publish,
+    trim_metrics,
+)
 from smolora.collate import BucketSampler, Collator
 from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
@@ -38,12 +46,23 @@ from smolora.distributed import (
     on_main,
 )
 from smolora.errors import TrainingError
-from smolora.guards import NonFiniteGuard, check_loss, is_oom, smaller_batch
+from smolora.guards import NonFiniteGuard, UpdateRecorder, check_loss, is_oom, smaller_batch
 from smolora.loss import chunked_lm_loss
 from smolora.model.adapters import METHODS, save_weights, trainable_summary
 from smolora.model.load import ADAPTER_META, load_base, physical_cores, pick_device
 from smolora.model.store import read_manifest, resolve_model
 from smolora.progress import RunLogger, setup_logging
+from smolora.redact import mask_text
+from smolora.runs import (
+    fsync_dir,
+    mark_run,
+    previous_dir,
+    publish_run,
+    remove_run,
+    require_marked,
+    staged_runs,
+    staging_dir,
+)
 from smolora.speed import apply_fast_path, fast_path, load_unsloth, pick_batching
 from smolora.stopping import StopOnSignal
 
@@ -117,7 +136,7 @@ class SmoLoRATrainer(Trainer):
         self.staging = True
         try:
             super()._save_checkpoint(model, trial)
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # any writer: torch (OSError, RuntimeError), safetensors (SafetensorError)
             shutil.rmtree(root / STAGING, ignore_errors=True)
             if is_disk_full(e):
                 raise disk_full_error(self.run_dir, step, e) from None
@@ -128,7 +147,7 @@ class SmoLoRATrainer(Trainer):
         if self.args.should_save:
             try:
                 publish(staged, root / f"checkpoint-{step}", step, self.args.save_total_limit)
-            except OSError as e:
+            except Exception as e:
                 shutil.rmtree(root / STAGING, ignore_errors=True)
                 if is_disk_full(e):
                     raise disk_full_error(self.run_dir, step, e) from None
@@ -150,9 +169,18 @@ class SmoLoRATrainer(Trainer):
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    """The directory to train in: output.dir/name itself, or NAME.staging-<pid> beside a finished run.
+
+    Nothing without the run marker is ever replaced. A finished run stays whole until its re-run
+    succeeded (`publish_run`); a failed re-run leaves the old run as it was and its staging
+    directory for --resume (or inspection).
+    """
     run_dir = cfg.run_dir
     checkpoints = run_dir / "checkpoints"
     if resume:
+        staged = [s for s, _ in staged_runs(run_dir) if good_checkpoint(s)[0] is not None]
+        if staged:  # a re-run of a finished name that stopped or crashed: continue it
+            return staged[0]
         checkpoint, skipped = good_checkpoint(run_dir)
         if checkpoint is None:
             why = "; ".join(f"{name}: {problem}" for name, problem in skipped)
@@ -161,16 +189,34 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
                 "start the run without --resume"
             )
         return run_dir
-    if checkpoints.exists() and not (run_dir / "adapter" / ADAPTER_META).exists():
-        raise TrainingError(
-            f"{run_dir} holds an unfinished run; continue it with --resume, or start a fresh one with "
-            f"--set output.name={cfg.output.name}-2"
-        )
-    if run_dir.exists():
-        # A finished run with the same name is replaced: same config name, new result.
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    return run_dir
+    for staged, alive in staged_runs(run_dir):
+        if alive:
+            continue  # another trainer of this name, still running: its directory, not ours
+        if (staged / "checkpoints").exists():
+            raise TrainingError(
+                f"{staged} holds an unfinished re-run of {run_dir.name}; continue it with --resume, "
+                "or remove it yourself to start afresh"
+            )
+        remove_run(staged)  # a re-run that failed before its first checkpoint: nothing to keep
+    if not run_dir.exists():
+        mark_run(run_dir)
+        return run_dir
+    require_marked(run_dir)
+    if not (run_dir / "adapter" / ADAPTER_META).exists():
+        if checkpoints.exists():
+            raise TrainingError(
+                f"{run_dir} holds an unfinished run; continue it with --resume, or start a fresh one with "
+                f"--set output.name={cfg.output.name}-2"
+            )
+        remove_run(run_dir)  # a run that failed before its first checkpoint: nothing to keep
+        mark_run(run_dir)
+        return run_dir
+    # A finished run with the same name: train beside it, replace it only on success.
+    if previous_dir(run_dir).exists():
+        require_marked(previous_dir(run_dir))  # refused now, not after the whole run
+    staged = staging_dir(run_dir)
+    mark_run(staged)
+    return staged
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -293,27 +339,46 @@ def save_adapter(
     out = run_dir / "adapter"
     tmp = run_dir / "adapter.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    # PiSSA/OLoRA are converted to a LoRA that fits the untouched base
-    save_weights(model, tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
+    try:
+        # PiSSA/OLoRA are converted to a LoRA that fits the untouched base
+        save_weights(model, tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        (tmp / ADAPTER_META).write_text(json.dumps(adapter_meta(cfg, tokenizer, data), indent=2))
+        fsync_tree(tmp)  # on disk before the rename that says the run is finished
+    except Exception as e:  # any writer: torch, safetensors (SafetensorError), the json
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full_error(run_dir, 0, e, what=f"the adapter in {out}") from None
+        raise
+    if out.exists():  # a resumed run saves again: the old adapter goes only once the new one is whole
+        old = run_dir / "adapter.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    fsync_dir(run_dir)
+    return out
+
+
+def adapter_meta(cfg: RunConfig, tokenizer, data: dict[str, Any]) -> dict[str, Any]:
+    """adapter/smolora.json: what loading, serving and exporting need to rebuild the model's inputs."""
     manifest = read_manifest(resolve_model(cfg.model.name, cfg.model.revision)) or {}
     weights = manifest.get("files", {}).get("model.safetensors", {})
-    meta = {
+    return {
         "base_model": cfg.model.name,
         "base_sha256": weights.get("sha256") or manifest.get("source_sha256"),
         "method": cfg.lora.method,
         "drop_layers": cfg.model.drop_layers,
         "keep_layers": cfg.model.keep_layers,
         "chat_template": tokenizer.chat_template,
-        "system_prompt": cfg.data.system_prompt,
+        # masked like config.yaml: a token pasted into the system prompt is not kept on disk
+        "system_prompt": mask_text(cfg.data.system_prompt) if cfg.data.system_prompt else None,
         "data_fingerprint": data["fingerprint"],
         "data_format": data["format"],
         "versions": library_versions(),
     }
-    (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
 
 
 def checkpoint_after_oom(trainer: SmoLoRATrainer, run_dir: Path, previous: Path | None) -> Path | None:
@@ -397,6 +462,7 @@ def train(
     mode = plan["batching"]
     log.info("fast path: %s", ", ".join(f"{k}={v}" for k, v in plan.items() if v is not None))
     counter = {"tokens": 0}
+    updates = UpdateRecorder()  # did any step change the weights? (what the saved adapter must show)
     stopper = StopOnSignal()  # Ctrl-C / SIGTERM / the UI's Stop: checkpoint, then stop
 
     def build_trainer(cfg: RunConfig) -> SmoLoRATrainer:  # built again by an out-of-memory retry
@@ -428,6 +494,7 @@ def train(
             from smolora.evaluate import SampleGenerations
 
             trainer.add_callback(SampleGenerations(cfg, run_dir, tokenizer))
+        trainer.add_callback(updates)
         trainer.add_callback(stopper)
         if state.num_processes > 1:
             trainer.add_callback(SyncStop(stopper))  # after the stopper: every rank stops at the same step
@@ -470,6 +537,9 @@ def train(
     # 6. the result (FSDP / ZeRO-3: gather the shards on every rank, write on rank 0, then check it)
     weights = full_state_dict(trainer)
     adapter = on_main(state, lambda: save_adapter(model, tokenizer, cfg, run_dir, data, state_dict=weights))
-    on_main(state, lambda: check_saved_weights(adapter, model, trained=trainer.state.global_step > 0))
-    log.info("adapter saved to %s", adapter)
-    return run_dir
+    sharded = state.num_processes > 1
+    on_main(state, lambda: check_saved_weights(adapter, model, trained=updates.moved, sharded=sharded))
+    final = cfg.run_dir
+    on_main(state, lambda: publish_run(run_dir, final))  # a re-run replaces the old run only now
+    log.info("adapter saved to %s", final / "adapter")
+    return final
