@@ -21,7 +21,9 @@ from smolora.ui import create_app
 from smolora.ui.jobs import error_line
 from smolora.ui.workspace import OutsideWorkspace, safe_path
 
-HEADERS = {"X-SmoLoRA": "1"}
+TOKEN = "test-token-0123456789abcdef"
+HEADERS = {"X-SmoLoRA": "1", "Authorization": f"Bearer {TOKEN}"}
+BASE = "http://127.0.0.1:7860"  # a loopback Host, as a browser on this machine sends
 QA_ROWS = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(40)]
 
 
@@ -37,7 +39,7 @@ def ws(tmp_path, tiny_model_dir) -> Path:
 
 @pytest.fixture
 def client(ws) -> TestClient:
-    with TestClient(create_app(ws), headers=HEADERS) as c:
+    with TestClient(create_app(ws, token=TOKEN), base_url=BASE, headers=HEADERS) as c:
         yield c
 
 
@@ -151,15 +153,16 @@ def test_every_path_parameter_is_checked(client):
 
 
 def test_writes_need_the_ui_header(ws):
-    with TestClient(create_app(ws)) as bare:  # no X-SmoLoRA header: what a cross-site form would send
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # no X-SmoLoRA header: what a cross-site form sends
+    with TestClient(create_app(ws, token=TOKEN), base_url=BASE, headers=auth) as bare:
         assert bare.post("/api/upload?path=a.jsonl", content=b"{}").status_code == 403
         assert bare.post("/api/train/start", json={"overrides": []}).status_code == 403
         assert bare.get("/api/info").status_code == 200
 
 
 def test_foreign_host_names_are_refused(ws):
-    app = create_app(ws, allowed_hosts=["127.0.0.1", "localhost"])
-    with TestClient(app, base_url="http://evil.example") as c:
+    app = create_app(ws, token=TOKEN, allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://evil.example", headers=HEADERS) as c:
         assert c.get("/api/info").status_code == 400
 
 

@@ -14,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from smolora.ui import create_app
 
-HEADERS = {"X-SmoLoRA": "1"}
+TOKEN = "test-token-0123456789abcdef"
+HEADERS = {"X-SmoLoRA": "1", "Authorization": f"Bearer {TOKEN}"}
+BASE = "http://127.0.0.1:7860"  # a loopback Host, as a browser on this machine sends
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def ws(tmp_path, tiny_model_dir, outside) -> Path:
 
 @pytest.fixture
 def client(ws):
-    with TestClient(create_app(ws), headers=HEADERS) as c:
+    with TestClient(create_app(ws, token=TOKEN), base_url=BASE, headers=HEADERS) as c:
         yield c
 
 

@@ -3,18 +3,19 @@
 Training, evaluation, export and model pulls run the `smolora` CLI as subprocesses (no
 shell); the Train form is validated by `build_config`; the Data view calls `inspect_data`;
 Chat loads models with `load_for_inference`. Every path from the browser goes through
-`safe_path` (inside the workspace, else 403). State-changing requests must carry the
-`X-SmoLoRA` header, which a cross-site form or image cannot send.
+`safe_path` (inside the workspace, else 403). Who may call the API at all (the launch
+token, the Host and Origin checks, anti-framing headers) is decided in `guard.py`.
 
 Run as:
     import uvicorn
-    uvicorn.run(create_app(Path(".")), host="127.0.0.1", port=7860)
+    uvicorn.run(create_app(Path("."), token="a-long-random-string"), host="127.0.0.1", port=7860)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,17 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import iterate_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smolora.errors import SmoLoRAError
 from smolora.redact import mask_text
 from smolora.ui import chat, jobs, models, resources, runs, training
+from smolora.ui.guard import allowed_hosts as loopback_hosts
+from smolora.ui.guard import guard, new_token
 from smolora.ui.workspace import (
     OutsideWorkspace,
+    check_data_path,
     list_data_files,
     model_ref,
     relative,
@@ -37,7 +43,6 @@ from smolora.ui.workspace import (
 )
 
 STATIC = Path(__file__).parent / "static"
-CSRF_HEADER = "x-smolora"
 
 
 class Overrides(BaseModel):
@@ -86,31 +91,44 @@ def cli_commands() -> set[str]:
     return names
 
 
-def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastAPI:
+def create_app(
+    workspace: Path,
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
+    allow_remote_code: bool = False,
+) -> FastAPI:
+    """The UI app; `token` (default: a fresh random one, in `app.state.token`) opens its API.
+
+    `allowed_hosts`: Host names accepted (default: loopback only). `allow_remote_code`: let the
+    browser set model.trust_remote_code / model.allow_pickle (off: refused with the field named).
+    """
     workspace = workspace.resolve()
     # The UI itself never goes online: hub lookups fail fast unless the user started it with
     # HF_HUB_OFFLINE=0 on purpose.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     state: dict[str, Any] = {"jobs": {}, "train": None, "commands": cli_commands()}
+    # Held from the 409 check until the new job is recorded: two clicks on Start arrive as two
+    # requests in two threadpool threads, and both must not pass the check.
+    starting = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
+        from smolora.ui.inspect import stop_worker
+
         jobs.stop_all(state["jobs"])  # a clean stop (checkpoint kept) rather than orphans
+        stop_worker()
 
     app = FastAPI(title="SmoLoRA", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.smolora = state
-    if allowed_hosts:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
+    app.state.token = token or new_token()
+    hosts = [h.lower().strip("[]") for h in allowed_hosts] if allowed_hosts else loopback_hosts("127.0.0.1")
+    app.add_middleware(guard, token=app.state.token, hosts=hosts)
 
-        # Refuses DNS-rebinding pages that reach 127.0.0.1 under a foreign host name.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-
-    @app.middleware("http")
-    async def require_header(request: Request, call_next):
-        if request.method not in ("GET", "HEAD", "OPTIONS") and request.headers.get(CSRF_HEADER) != "1":
-            return JSONResponse({"error": "missing X-SmoLoRA: 1 header"}, status_code=403)
-        return await call_next(request)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException):
+        # One shape for every error the UI gives: {"error": "one line"} (422s keep FastAPI's list).
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(OutsideWorkspace)
     async def outside(_: Request, e: OutsideWorkspace):
@@ -178,7 +196,7 @@ def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastA
 
     @app.post("/api/config/preview")
     def config_preview(req: Overrides) -> dict[str, Any]:
-        view = training.preview(req.overrides, workspace)
+        view = training.preview(req.overrides, workspace, allow_remote_code)
         view.pop("data", None)
         return view
 
@@ -186,12 +204,18 @@ def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastA
 
     @app.post("/api/train/start")
     def train_start(req: StartRequest) -> dict[str, Any]:
-        current = state["train"]
-        if current is not None and current["proc"].poll() is None:
-            raise HTTPException(409, "a training run is already going; stop it first")
-        job = training.start_training(req.overrides, workspace, resume=req.resume)
-        state["train"] = job
-        return add_job(job)
+        busy = HTTPException(409, "a training run is already going; stop it first")
+        if not starting.acquire(blocking=False):
+            raise busy  # another Start is being set up right now
+        try:
+            current = state["train"]
+            if current is not None and current["proc"].poll() is None:
+                raise busy
+            job = training.start_training(req.overrides, workspace, req.resume, allow_remote_code)
+            state["train"] = job
+            return add_job(job)
+        finally:
+            starting.release()
 
     @app.post("/api/train/stop")
     def train_stop() -> dict[str, Any]:
@@ -227,12 +251,14 @@ def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastA
 
     @app.post("/api/data/inspect")
     def data_inspect(req: InspectRequest) -> dict[str, Any]:
-        from smolora.ui.inspect import inspect_file
+        from smolora.ui.inspect import inspect_in_worker
 
         p = safe_path(workspace, req.path)
         if not p.exists():
             raise HTTPException(404, f"{req.path}: no such file in the workspace")
-        report = inspect_file(p, req.overrides, workspace, req.examples)
+        check_data_path(workspace, str(p))  # a directory's files, too, stay inside
+        training.refuse_remote_code(req.overrides, allow_remote_code)
+        report = inspect_in_worker(p, req.overrides, workspace, req.examples)
         report["path"] = relative(workspace, p)
         report["files"] = [relative(workspace, Path(f)) for f in report.get("files", [])]
         return report
@@ -309,15 +335,17 @@ def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastA
         return {"runs": tuned, "bases": list(dict.fromkeys(b for b in bases if b)), "loaded": chat.loaded()}
 
     @app.post("/api/chat")
-    def chat_stream(req: ChatRequest) -> StreamingResponse:
+    async def chat_stream(req: ChatRequest) -> StreamingResponse:
         key = model_ref(workspace, req.model)
+        cancel = threading.Event()
 
-        def events():
+        async def events():
             yield _sse({"status": "loading" if key not in chat.loaded() else "generating"})
+            pieces = chat.stream_answer(
+                key, req.messages, req.max_new_tokens, req.temperature, req.system_prompt, cancel
+            )
             try:
-                for piece in chat.stream_answer(
-                    key, req.messages, req.max_new_tokens, req.temperature, req.system_prompt
-                ):
+                async for piece in iterate_in_threadpool(pieces):
                     if piece:
                         yield _sse({"text": piece})
                 yield _sse({"done": True})
@@ -325,6 +353,10 @@ def create_app(workspace: Path, allowed_hosts: list[str] | None = None) -> FastA
                 yield _sse({"error": mask_text(str(e))})
             except Exception as e:  # a stream cannot change its status code any more; say what broke
                 yield _sse({"error": mask_text(f"{type(e).__name__}: {e}")})
+            finally:
+                # The browser went away (Starlette cancels this generator on disconnect) or the
+                # answer is done: either way generation stops and the model lock is released.
+                cancel.set()
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}

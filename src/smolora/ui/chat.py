@@ -47,10 +47,23 @@ def stream_answer(
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     system_prompt: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[str]:
-    """Text pieces of the model's answer to the conversation, as they are generated."""
+    """Text pieces of the model's answer to the conversation, as they are generated.
+
+    Setting `cancel` (the browser went away) stops generation at the next token, so the
+    model lock is free for the next question rather than held until max_new_tokens.
+    """
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    cancel = cancel or threading.Event()
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     from smolora.data.render import render_prompt
     from smolora.generate import end_token_ids, to_messages
@@ -67,6 +80,7 @@ def stream_answer(
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=end_token_ids(tokenizer),
+        stopping_criteria=StoppingCriteriaList([Cancelled()]),
         do_sample=temperature > 0,
         **sampling,
     )
@@ -82,7 +96,10 @@ def stream_answer(
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:  # also when the caller stops reading (closed generator): stop generating too
+        cancel.set()
+        thread.join()
     if errors:
         raise errors[0]

@@ -1,6 +1,8 @@
 """CLI commands the UI runs for the user: one subprocess each, no shell, output to a log file.
 
-A job is a plain dict (argv, cwd, log path, the Popen, timestamps). Its state is read from
+A job is a plain dict (argv, cwd, log path, the Popen, timestamps). The process writes into
+a pipe, and a thread copies it to the log file line by line through `mask_text`, so no token
+or key a subprocess prints ever reaches the disk. Its state is read from
 the process itself: running, stopping, finished (exit 0), stopped (the user asked) or
 failed (anything else, with the `error:` line and the log tail to show). Stopping sends
 SIGINT, which training answers by saving a checkpoint and exiting; if the process is still
@@ -40,10 +42,11 @@ def start_job(kind: str, argv: list[str], cwd: Path, log_path: Path, **meta: Any
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the file (and the browser) as they happen
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+    )
+    copier = threading.Thread(target=copy_masked, args=(proc.stdout, log_path), daemon=True)
+    copier.start()
     return {
         "id": uuid.uuid4().hex[:12],
         "kind": kind,
@@ -51,11 +54,37 @@ def start_job(kind: str, argv: list[str], cwd: Path, log_path: Path, **meta: Any
         "cwd": str(cwd),
         "log": log_path,
         "proc": proc,
+        "copier": copier,
         "started": time.time(),
         "ended": None,
         "stop_requested": False,
         **meta,
     }
+
+
+def copy_masked(pipe: Any, log_path: Path, chunk: int = 65536) -> None:
+    """Copy a process's output to `log_path`, each line masked, until the process closes it.
+
+    Lines end at `\n` or `\r` (progress bars redraw with `\r`), so the log follows them live;
+    a secret cannot straddle two writes because only whole lines are masked and written.
+    """
+    fd = pipe.fileno()
+    rest = b""
+    with open(log_path, "wb") as log:
+        while True:
+            data = os.read(fd, chunk)
+            if not data:
+                break
+            rest += data
+            cut = max(rest.rfind(b"\n"), rest.rfind(b"\r")) + 1
+            if cut == 0 and len(rest) < 16 * chunk:
+                continue  # no line end yet: wait for it (a huge unbroken line is written anyway)
+            done, rest = (rest[:cut], rest[cut:]) if cut else (rest, b"")
+            log.write(mask_text(done.decode("utf-8", errors="replace")).encode("utf-8"))
+            log.flush()
+        if rest:
+            log.write(mask_text(rest.decode("utf-8", errors="replace")).encode("utf-8"))
+    pipe.close()
 
 
 def job_state(job: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +106,9 @@ def job_state(job: dict[str, Any]) -> dict[str, Any]:
         "elapsed": round((job["ended"] or time.time()) - job["started"], 1),
     }
     if state in ("failed", "stopped", "finished"):
+        if not job.get("drained"):  # the last lines the process printed reach the file first
+            job["copier"].join(timeout=5)  # (bounded: a grandchild may still hold the pipe)
+            job["drained"] = True
         tail = log_tail(job["log"])
         out["log_tail"] = tail
         if state == "failed":

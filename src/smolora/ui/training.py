@@ -2,8 +2,9 @@
 
 The form sends `--set`-style overrides (`train.lr=1e-4`), the same strings the CLI takes,
 so the config is built by the same `apply_overrides` + `build_config` as `smolora train`.
-Starting writes `configs/<name>.yaml` in the workspace and runs the CLI on it; progress is
-followed from the run's `metrics.jsonl` (and `train.log` for the step total).
+Starting writes `configs/<name>.yaml` in the workspace (tokens and keys masked, as in every
+config SmoLoRA writes) and runs the CLI on it; progress is followed from the run's
+`metrics.jsonl` (and `train.log` for the step total).
 
 Run as:
     view = preview(["model.name=tiny", "train.max_steps=20"], Path("."))
@@ -24,10 +25,13 @@ import yaml
 
 from smolora.config import RunConfig, apply_overrides, build_config
 from smolora.errors import ConfigError
+from smolora.redact import mask_data
 from smolora.ui.jobs import cli_argv, start_job
-from smolora.ui.workspace import OutsideWorkspace, relative, safe_path
+from smolora.ui.workspace import OutsideWorkspace, check_data_path, relative, safe_path
 
 SECTIONS = list(RunConfig.model_fields)
+# Fields that make loading run code shipped with a model: a browser tab must not switch them on.
+REMOTE_CODE = ("trust_remote_code", "allow_pickle")
 
 
 def parse_problems(message: str) -> list[dict[str, str]]:
@@ -62,10 +66,40 @@ def workspace_problems(data: dict[str, Any], workspace: Path) -> list[dict[str, 
         if not isinstance(value, str) or not value:
             continue
         try:
-            safe_path(workspace, value)
+            # Data paths may be globs or directories: every file they expand to must stay inside.
+            check_data_path(workspace, value) if key.startswith("data.") else safe_path(workspace, value)
         except OutsideWorkspace as e:
             problems.append({"path": key, "message": str(e)})
     return problems
+
+
+def remote_code_problems(data: dict[str, Any], allow: bool) -> list[dict[str, str]]:
+    """model.trust_remote_code / allow_pickle set from the browser, unless `--allow-remote-code`."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    if allow:
+        return []
+    return [
+        {
+            "path": f"model.{key}",
+            "message": "refused from the browser (it runs code shipped with the model); "
+            "start `smolora ui --allow-remote-code`, or train from the CLI",
+        }
+        for key in REMOTE_CODE
+        if model.get(key) not in (None, False)
+    ]
+
+
+def refuse_remote_code(overrides: list[str], allow: bool) -> None:
+    problems = remote_code_problems(apply_overrides({}, overrides), allow)
+    if problems:
+        raise ConfigError("; ".join(f"{p['path']}: {p['message']}" for p in problems))
+
+
+def masked_fields(data: Any, masked: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the values `mask_data` changed (shown in the form, so nothing is silent)."""
+    if isinstance(data, dict) and isinstance(masked, dict):
+        return [f for k in data for f in masked_fields(data[k], masked.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if data != masked else []
 
 
 def nested_yaml(data: dict[str, Any]) -> str:
@@ -79,7 +113,7 @@ def run_name(data: dict[str, Any]) -> str:
     return str(name) if name else time.strftime("run-%Y%m%d-%H%M%S")
 
 
-def preview(overrides: list[str], workspace: Path) -> dict[str, Any]:
+def preview(overrides: list[str], workspace: Path, allow_remote_code: bool = False) -> dict[str, Any]:
     """Validate the form; return problems (per field), the YAML and the equivalent commands."""
     try:
         data = apply_overrides({}, overrides)
@@ -90,19 +124,21 @@ def preview(overrides: list[str], workspace: Path) -> dict[str, Any]:
         cfg = build_config(data, "form")
     except ConfigError as e:
         problems = parse_problems(str(e))
-    problems += workspace_problems(data, workspace)
+    problems += workspace_problems(data, workspace) + remote_code_problems(data, allow_remote_code)
     if cfg is not None and cfg.data.path is None:
         problems.append({"path": "data.path", "message": "pick a training data file (see the Data view)"})
     name = run_name(data)
     if "output" not in data or not isinstance(data["output"], dict) or not data["output"].get("name"):
         data = {**data, "output": {**(data.get("output") or {}), "name": name}}
     config_file = f"configs/{name}.yaml"
+    masked = mask_data(data)  # what is written to configs/ (and what the training reads)
     return {
         "ok": not problems,
         "problems": problems,
         "data": data,
         "name": name,
-        "yaml": nested_yaml(data),
+        "yaml": nested_yaml(masked),
+        "masked": masked_fields(data, masked),
         "config_file": config_file,
         "command": f"smolora train {config_file}",
         "set_command": shlex.join(["smolora", "train", *[a for o in overrides for a in ("--set", o)]]),
@@ -110,9 +146,11 @@ def preview(overrides: list[str], workspace: Path) -> dict[str, Any]:
     }
 
 
-def start_training(overrides: list[str], workspace: Path, resume: bool = False) -> dict[str, Any]:
+def start_training(
+    overrides: list[str], workspace: Path, resume: bool = False, allow_remote_code: bool = False
+) -> dict[str, Any]:
     """Write configs/<name>.yaml and start `smolora train` on it; raise ConfigError when invalid."""
-    view = preview(overrides, workspace)
+    view = preview(overrides, workspace, allow_remote_code)
     if not view["ok"]:
         raise ConfigError("; ".join(f"{p['path']}: {p['message']}".lstrip(": ") for p in view["problems"]))
     cfg = build_config(view["data"], "form")

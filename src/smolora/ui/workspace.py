@@ -2,7 +2,8 @@
 
 The workspace is a directory (default: where `smolora ui` was started). Relative paths are
 taken relative to it; absolute paths are accepted only when they land inside it; `..`,
-symlinks that leave it and NUL bytes are refused. Uploads are written there and nowhere else,
+symlinks that leave it and NUL bytes are refused, and so is a glob or directory holding a
+symlink that leads out (`check_data_path`). Uploads are written there and nowhere else,
 and never over a file that decides what a run or model loads (smolora.json, config.json, ...).
 
 Run as:
@@ -44,8 +45,37 @@ def safe_path(workspace: Path, user_path: str) -> Path:
     root = workspace.resolve()
     p = Path(user_path).expanduser()
     target = (p if p.is_absolute() else root / p).resolve()
-    if target != root and root not in target.parents:
+    if not inside(root, target):
         raise OutsideWorkspace(f"{user_path}: outside the workspace {root}; use a path inside it")
+    return target
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Is `path`, with every symlink followed, `root` or under it (`root` already resolved)?"""
+    target = path.resolve()
+    return target == root or root in target.parents
+
+
+def check_data_path(workspace: Path, user_path: str) -> Path:
+    """`safe_path`, and for a glob or a directory every file the loader would read from it too.
+
+    `data/*.jsonl` or `data/` resolve inside the workspace, yet the files they expand to may be
+    symlinks that lead out; the loader would follow them, so they are refused here.
+    """
+    from smolora.data.read import expand_paths
+    from smolora.errors import DatasetError
+
+    target = safe_path(workspace, user_path)
+    if not any(c in user_path for c in "*?[") and not target.is_dir():
+        return target
+    try:
+        files = expand_paths(str(target))
+    except DatasetError:
+        return target  # nothing matched: the loader says so itself, naming the pattern
+    root = workspace.resolve()
+    for f in files:
+        if not inside(root, f):
+            raise OutsideWorkspace(f"{user_path}: {f} links outside the workspace {root}; remove the link")
     return target
 
 
@@ -87,7 +117,12 @@ def list_data_files(workspace: Path, limit: int = 500) -> list[dict]:
             continue
         for name in filenames:
             p = Path(dirpath) / name
-            if p.suffix.lower() in DATA_SUFFIXES and not name.startswith("."):
+            if (
+                p.suffix.lower() in DATA_SUFFIXES
+                and not name.startswith(".")
+                and inside(root, p)
+                and p.is_file()
+            ):
                 st = p.stat()
                 found.append({"path": relative(root, p), "size": st.st_size, "mtime": st.st_mtime})
         if len(found) >= limit:

@@ -1,6 +1,6 @@
 // Entry point: tabs (one per view, in the URL hash) and each view's init/show.
 
-import { $, api, shared } from "./common.js";
+import { $, api, el, shared } from "./common.js";
 import { initChat, showChat } from "./chat.js";
 import { initData, showData } from "./data.js";
 import { initExport, showExport } from "./export.js";
@@ -27,7 +27,22 @@ function show(name) {
 
 async function main() {
   shared.show = show;
-  const info = await api("/api/info");
+  let info;
+  try {
+    info = await api("/api/info");
+  } catch (e) {
+    if (e.status !== 401) throw e;
+    // Opened without the token (or from an old launch): say where the right link is.
+    document.querySelector("main").replaceChildren(
+      el("p", {
+        class: "notice notice-error",
+        id: "token-needed",
+        text: "This page needs the link smolora ui printed when it started (http://…/?token=…). Open that link once; the browser then remembers it.",
+      }),
+    );
+    document.body.dataset.ready = "locked";
+    return;
+  }
   $("#workspace").textContent = info.workspace;
   $("#workspace").title = `every file the UI reads or writes lies inside ${info.workspace}`;
   $("#version").textContent = `v${info.version}`;
