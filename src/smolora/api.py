@@ -79,7 +79,11 @@ class SmoLoRA:
         return dest
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, **kwargs: Any) -> str | list[str]:
-        """A string in, a string out; a list in, a list out (batched)."""
+        """A string in, a string out; a list in, a list out (batched).
+
+        `kwargs` go to `smolora.generate.generate`: do_sample, temperature, top_p, batch_size,
+        domain, system_prompt (default: the config's data.system_prompt), stop.
+        """
         from smolora.generate import generate
 
         if self.model is None:

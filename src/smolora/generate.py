@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from smolora.data.render import render_prompt
+from smolora.errors import ConfigError
 
 Prompt = str | list[dict[str, str]]
 
@@ -41,6 +42,7 @@ def generate(
     stop: list[str] | None = None,
 ) -> list[str]:
     """One completion per prompt (a string or a list of chat messages), in input order."""
+    sampling = sampling_kwargs(do_sample, temperature, top_p)
     texts = [render_prompt(tokenizer, to_messages(p, system_prompt), domain=domain) for p in prompts]
     # Sorting by length keeps padding small inside each batch; results go back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -55,13 +57,11 @@ def generate(
                 [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             )
             enc = {k: v.to(device) for k, v in enc.items()}
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {}
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=end_token_ids(tokenizer),
-                do_sample=do_sample,
                 **sampling,
             )
             new = out[:, enc["input_ids"].shape[1] :]
@@ -70,6 +70,22 @@ def generate(
     finally:
         tokenizer.padding_side = old_side
     return results
+
+
+# Below this a temperature only divides the logits into inf/NaN; greedy is what it tends to anyway.
+MIN_TEMPERATURE = 1e-5
+
+
+def sampling_kwargs(do_sample: bool, temperature: float = 1.0, top_p: float = 1.0) -> dict[str, Any]:
+    """model.generate's decoding arguments, the one place they are built (CLI, API, UI chat).
+
+    Greedy unless sampling is asked for with a temperature of at least MIN_TEMPERATURE.
+    """
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ConfigError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature} and {top_p}")
+    if not do_sample or temperature < MIN_TEMPERATURE:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p}
 
 
 def end_token_ids(tokenizer: Any) -> list[int]:

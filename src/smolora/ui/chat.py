@@ -66,14 +66,14 @@ def stream_answer(
             )
 
     from smolora.data.render import render_prompt
-    from smolora.generate import end_token_ids, to_messages
+    from smolora.generate import end_token_ids, sampling_kwargs, to_messages
 
     model, tokenizer, meta = get_model(key)
     text = render_prompt(tokenizer, to_messages(messages, system_prompt or meta.get("system_prompt")))
     device = next(model.parameters()).device
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {}
+    sampling = sampling_kwargs(temperature > 0, temperature, top_p=0.95)
     kwargs = dict(
         **enc,
         streamer=streamer,
@@ -81,7 +81,6 @@ def stream_answer(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=end_token_ids(tokenizer),
         stopping_criteria=StoppingCriteriaList([Cancelled()]),
-        do_sample=temperature > 0,
         **sampling,
     )
     errors: list[BaseException] = []
