@@ -102,7 +102,8 @@ def models_verify(
         list[str] | None, typer.Argument(help="Models to check (default: all in the store).")
     ] = None,
 ) -> None:
-    """Recompute the sha256 of every file and compare with the manifest; exit 1 on a mismatch.
+    """Recompute the sha256 of every file and compare with the manifest; exit 1 on a mismatch
+    or on a file the manifest does not list.
 
     Example: smolora models verify smollm2-135m
     """
@@ -116,17 +117,20 @@ def models_verify(
     for col in ("model", "files", "result"):
         table.add_column(col)
     for r in results:
-        result = "[green]ok[/]" if not r["bad"] else f"[red]CORRUPTED: {', '.join(r['bad'])}[/]"
-        table.add_row(r["name"], str(r["checked"]), result)
-    console.print(table)
-    broken = [r for r in results if r["bad"]]
-    if broken:
-        files = ", ".join(str(r["path"] / name) for r in broken for name in r["bad"])
-        again = " ".join(r["name"] for r in broken)
-        raise IntegrityError(
-            f"corrupted or missing (sha256 differs from the manifest): {files}; "
-            f"re-create with: smolora models pull {again} --force"
+        problems = [f"CORRUPTED: {', '.join(r['bad'])}"] if r["bad"] else []
+        problems += [f"NOT IN THE MANIFEST: {', '.join(r['extra'])}"] if r["extra"] else []
+        table.add_row(
+            r["name"], str(r["checked"]), f"[red]{'; '.join(problems)}[/]" if problems else "[green]ok[/]"
         )
+    console.print(table)
+    broken = [r for r in results if r["bad"] or r["extra"]]
+    if broken:
+        bad = ", ".join(str(r["path"] / name) for r in broken for name in r["bad"])
+        extra = ", ".join(str(r["path"] / name) for r in broken for name in r["extra"])
+        found = [f"corrupted or missing (sha256 differs from the manifest): {bad}"] if bad else []
+        found += [f"not listed in the manifest (nothing vouches for them): {extra}"] if extra else []
+        again = " ".join(r["name"] for r in broken)
+        raise IntegrityError(f"{'; '.join(found)}; re-create with: smolora models pull {again} --force")
 
 
 @models_app.command("info")

@@ -8,7 +8,15 @@ a plain float32 safetensors copy under `$SMOLORA_HOME/models/<name>/` (default
 
 Every store entry has a `manifest.json`: name, source, revision (hub commit, or the
 version of the package that ships a bundled model), kind, date, total size and the sha256
-and size of every file. `verify` recomputes the hashes; `remove` frees the space.
+and size of every file. Every load checks that those files are there with those sizes (a
+stat each); `verify` recomputes the hashes and names files the manifest does not list;
+`remove` frees the space.
+
+Two processes may ask for the same entry at once (the UI's data view and a training it
+started both convert the bundled model on a fresh machine): each entry is built under a
+lock file (`NAME.lock`, flock) into a fresh temporary directory and published by one
+rename, so a reader sees either no entry or a complete one, and the second builder finds
+the first one's result instead of building again.
 
 Run as:
     path = resolve_model("smollm2-135m")   # -> ~/.cache/smolora/models/smollm2-135m
@@ -18,14 +26,19 @@ Run as:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +52,7 @@ BUNDLED = {
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
+LOCK = ".lock"
 log = logging.getLogger("smolora")
 
 
@@ -50,11 +64,13 @@ def models_dir() -> Path:
     return smolora_home() / "models"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20, fsync: bool = False) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+        if fsync:  # on disk before the manifest that vouches for it is published
+            os.fsync(f.fileno())
     return h.hexdigest()
 
 
@@ -89,8 +105,13 @@ def cache_name(name: str) -> str:
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any] | None:
-    p = model_dir / MANIFEST
-    return json.loads(p.read_text()) if p.exists() else None
+    """The entry's manifest; None when there is none or it is not a readable one (never complete)."""
+    try:
+        manifest = json.loads((model_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+    return manifest if ok else None
 
 
 def write_manifest(
@@ -102,7 +123,7 @@ def write_manifest(
     name: str | None = None,
 ) -> dict[str, Any]:
     files = {
-        str(f.relative_to(model_dir)): {"sha256": sha256_file(f), "size": f.stat().st_size}
+        str(f.relative_to(model_dir)): {"sha256": sha256_file(f, fsync=True), "size": f.stat().st_size}
         for f in sorted(model_dir.rglob("*"))
         if f.is_file() and f.name != MANIFEST
     }
@@ -116,21 +137,80 @@ def write_manifest(
         "size": sum(v["size"] for v in files.values()),
         "files": files,
     }
-    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # temp + fsync + rename: a crash leaves the old manifest or the new one, never half of one.
+    tmp = model_dir / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(manifest, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, model_dir / MANIFEST)
+    _fsync_dir(model_dir)
     return manifest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def verify_model_dir(model_dir: Path) -> list[str]:
     """Recompute every sha256 in the manifest; return the names of files that do not match."""
     manifest = read_manifest(model_dir)
     if manifest is None:
-        raise IntegrityError(f"{model_dir}: no manifest.json; re-create it with `smolora models pull`")
+        raise IntegrityError(
+            f"{model_dir}: no readable {MANIFEST}; re-create it with `smolora models pull {model_dir.name} --force`"
+        )
     bad = []
     for name, info in manifest["files"].items():
         f = model_dir / name
-        if not f.exists() or f.stat().st_size != info["size"] or sha256_file(f) != info["sha256"]:
+        if not f.is_file() or f.stat().st_size != info["size"] or sha256_file(f) != info["sha256"]:
             bad.append(name)
     return bad
+
+
+def unlisted_files(model_dir: Path) -> list[str]:
+    """Files in the entry that its manifest does not list: nobody vouches for them."""
+    listed = set((read_manifest(model_dir) or {}).get("files", {}))
+    return sorted(
+        name
+        for f in model_dir.rglob("*")
+        if (f.is_file() or f.is_symlink())
+        and (name := str(f.relative_to(model_dir))) not in listed
+        and name != MANIFEST
+    )
+
+
+def check_entry(model_dir: Path) -> Path:
+    """`model_dir` when every file of its manifest is there with its recorded size (a stat each).
+
+    The cheap check for every load; the sha256 of every byte is `smolora models verify`.
+    """
+    manifest = read_manifest(model_dir)
+    fix = (
+        f"re-create it: smolora models pull {model_dir.name} --force"
+        if manifest or model_dir.name in BUNDLED
+        else f"remove it (smolora models rm {model_dir.name}) and pull the model again"
+    )
+    if manifest is None:
+        raise IntegrityError(
+            f"{model_dir / MANIFEST}: missing or not readable; the store entry is incomplete; {fix}"
+        )
+    for name, info in manifest["files"].items():
+        f = model_dir / name
+        try:
+            size = f.stat().st_size
+        except OSError:
+            raise IntegrityError(
+                f"{f}: missing from the store entry (listed in its {MANIFEST}); {fix}"
+            ) from None
+        if size != info.get("size"):
+            raise IntegrityError(
+                f"{f}: {size:,} bytes, its {MANIFEST} says {info.get('size'):,} (truncated or changed); {fix}"
+            )
+    return model_dir
 
 
 def dir_size(path: Path) -> int:
@@ -155,29 +235,104 @@ def _check_disk(target: Path, need_bytes: int) -> None:
         )
 
 
-def _commit(tmp: Path, target: Path) -> Path:
-    """Swap a finished .partial directory into place: a crash never leaves half a model."""
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+@contextmanager
+def store_lock(name: str) -> Iterator[None]:
+    """Hold `NAME.lock` in the store (flock, released when the process dies): one builder per entry."""
+    root = models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{name}{LOCK}", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _staging_pattern(name: str) -> re.Pattern:
+    # What mkdtemp(prefix=f".{name}.", suffix=...) makes (8 random characters) for a build or a
+    # removal, and the fixed NAME.partial of older versions; never another entry's (`tiny` vs `tiny.v2`).
+    n = re.escape(name)
+    return re.compile(rf"\.{n}\.[a-z0-9_]{{8}}(\.partial|\.removed)|{n}\.partial")
+
+
+def build_entry(
+    target: Path, build: Callable[[Path], Any], current: Callable[[dict], bool] | None = None
+) -> Path:
+    """The store entry `target`, made by `build(tmp)` unless a complete (and `current`) one is there.
+
+    Under the entry's lock: check again (another process may have finished it while we waited),
+    build into a fresh temporary directory, publish it by one rename. Not locked when it is there.
+    """
+
+    def wanted() -> bool:
+        manifest = read_manifest(target)
+        return manifest is None or (current is not None and not current(manifest))
+
+    if wanted():
+        with store_lock(target.name):
+            if wanted():
+                _clear_leftovers(target)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=PARTIAL, dir=target.parent))
+                try:
+                    os.chmod(tmp, target.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 -> as the store
+                    build(tmp)
+                    _commit(tmp, target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
+    return check_entry(target)
+
+
+def _clear_leftovers(target: Path) -> None:
+    """Staging directories of builders that died (we hold the lock: nobody is writing them)."""
+    pattern = _staging_pattern(target.name)
+    for d in target.parent.iterdir():
+        if pattern.fullmatch(d.name) and d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """Publish a finished build by one rename; an entry already there (stale, forced) is moved aside first."""
+    if target.exists() or target.is_symlink():
+        _discard(target)
+    os.replace(tmp, target)  # onto a name that does not exist: atomic, never half a model
+    _fsync_dir(target.parent)
+
+
+def _discard(target: Path) -> None:
+    """Remove a store entry: renamed away in one step (no reader sees it half-deleted), then deleted."""
+    if target.is_symlink() or not target.is_dir():
+        target.unlink(missing_ok=True)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".removed", dir=target.parent))
+    os.replace(target, aside)  # a directory onto an empty one: allowed, atomic
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def convert_gguf(
     gguf_path: Path, out_dir: Path, source: str, revision: str | None = None, name: str | None = None
 ) -> Path:
-    """Dequantize a GGUF into a plain float32 HF model directory (safetensors) once.
+    """Dequantize a GGUF into the store entry `out_dir`: a plain float32 HF model (safetensors), once.
 
     A GGUF-loaded model cannot be saved nor trained by transformers, so we rebuild a plain
     model from its config and state dict and save that.
     """
+    source_sha256 = sha256_file(gguf_path)
+
+    def build(tmp: Path) -> None:
+        _convert_gguf_into(gguf_path, tmp, source, source_sha256, revision, name or out_dir.name)
+
+    return build_entry(out_dir, build, lambda manifest: manifest.get("source_sha256") == source_sha256)
+
+
+def _convert_gguf_into(
+    gguf_path: Path, tmp: Path, source: str, source_sha256: str, revision: str | None, name: str
+) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     # float32 dequantized weights are ~8x a Q4 file; ask for that much free space up front.
-    _check_disk(out_dir.parent, gguf_path.stat().st_size * 9)
-    tmp = out_dir.with_name(out_dir.name + PARTIAL)
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("converting %s to float32 safetensors in %s (once; ~40 s for 135M)", gguf_path.name, out_dir)
+    _check_disk(tmp.parent, gguf_path.stat().st_size * 9)
+    log.info("converting %s to float32 safetensors in %s (once; ~40 s for 135M)", gguf_path.name, tmp.parent)
     try:
         quantized = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -194,38 +349,35 @@ def convert_gguf(
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_manifest(tmp, source, sha256_file(gguf_path), "gguf-dequantized", revision, name or out_dir.name)
-    return _commit(tmp, out_dir)
+    write_manifest(tmp, source, source_sha256, "gguf-dequantized", revision, name)
 
 
 def resolve_model(name: str, revision: str | None = None) -> Path:
     """Return a local HF model directory for `name`, converting or downloading once."""
     if name in BUNDLED:
         target = models_dir() / name
-        if not (target / MANIFEST).exists():
-            package, filename = BUNDLED[name]
-            convert_gguf(
-                bundled_gguf(name), target, f"bundled:{package}/{filename}", bundled_version(name), name
-            )
-        return target
+        if read_manifest(target) is not None:
+            return check_entry(target)  # converted before (by the version it records; pull --force redoes it)
+        package, filename = BUNDLED[name]
+        return convert_gguf(
+            bundled_gguf(name), target, f"bundled:{package}/{filename}", bundled_version(name), name
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(
                 f"{path} is a directory but has no config.json; point model.name at an HF model dir"
             )
+        if (path / MANIFEST).exists() and path.resolve().parent == models_dir().resolve():
+            return check_entry(path)  # a store entry given by its path
         return path
     if path.suffix == ".gguf":
         if not path.exists():
             raise ModelError(f"{path}: no such GGUF file")
-        target = models_dir() / cache_name(path.name)
-        manifest = read_manifest(target)
-        if manifest is None or manifest.get("source_sha256") != sha256_file(path):
-            convert_gguf(path.resolve(), target, source=str(path.resolve()))
-        return target
+        return convert_gguf(path.resolve(), models_dir() / cache_name(path.name), source=str(path.resolve()))
     stored = models_dir() / cache_name(name)
     if "/" not in name.strip("/") and (stored / MANIFEST).exists():
-        return stored  # a model pulled into the store earlier, by its store name
+        return check_entry(stored)  # a model pulled into the store earlier, by its store name
     if name.count("/") == 1 and not path.exists():
         return download_hub_model(name, revision)
     raise ModelError(
@@ -252,25 +404,25 @@ def _hub_error(repo_id: str, revision: str | None, e: Exception) -> ModelError:
 def download_hub_model(repo_id: str, revision: str | None = None) -> Path:
     """Hub ids work for users who are online; the files land in the store with a manifest."""
     target = models_dir() / cache_name(repo_id)
-    if (target / MANIFEST).exists():
-        return target
-    try:
-        from huggingface_hub import model_info, snapshot_download
 
-        # Pin the commit first: the manifest records exactly what was downloaded.
-        commit = model_info(repo_id, revision=revision).sha or revision
-        tmp = target.with_name(target.name + PARTIAL)
-        snapshot_download(
-            repo_id,
-            revision=commit,
-            local_dir=tmp,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
-        )
-    except Exception as e:
-        raise _hub_error(repo_id, revision, e) from None
-    shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
-    write_manifest(tmp, f"hub:{repo_id}", None, "hub", commit, cache_name(repo_id))
-    return _commit(tmp, target)
+    def build(tmp: Path) -> None:
+        try:
+            from huggingface_hub import model_info, snapshot_download
+
+            # Pin the commit first: the manifest records exactly what was downloaded.
+            commit = model_info(repo_id, revision=revision).sha or revision
+            snapshot_download(
+                repo_id,
+                revision=commit,
+                local_dir=tmp,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
+            )
+        except Exception as e:
+            raise _hub_error(repo_id, revision, e) from None
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+        write_manifest(tmp, f"hub:{repo_id}", None, "hub", commit, cache_name(repo_id))
+
+    return build_entry(target, build)
 
 
 # --- the store as a whole: list, pull, remove, verify, info ------------------------------
@@ -311,8 +463,20 @@ def pull_model(
     """Put a model into the store (alias, local HF dir, .gguf file or hub id) and return it.
 
     `revision` (hub ids only): a branch, tag or commit; the manifest records the commit.
+    The name of an entry already in the store pulls it again from the source its manifest records.
     """
     path = Path(name).expanduser()
+    source = recorded_source(name)
+    if source is not None and not store_name:
+        if source.startswith("local:"):
+            origin = Path(source.removeprefix("local:"))
+            if not origin.is_dir():
+                raise ModelError(
+                    f"'{name}' was pulled from {origin}, which is no longer there; pull a directory "
+                    f"that holds the model: smolora models pull DIR --name {name}"
+                )
+            return _pull_local_dir(origin, force, name)
+        name, path = source, Path(source)
     if name in BUNDLED or path.suffix == ".gguf" or (not path.exists() and name.count("/") == 1):
         if store_name:
             raise ModelError(
@@ -320,7 +484,8 @@ def pull_model(
             )
         if force:  # re-convert or re-download from scratch
             key = name if name in BUNDLED else cache_name(path.name if path.suffix == ".gguf" else name)
-            shutil.rmtree(models_dir() / key, ignore_errors=True)
+            with store_lock(key):
+                _discard(models_dir() / key)
         target = resolve_model(name, revision)
         return target, read_manifest(target) or {}
     if path.is_dir():
@@ -331,6 +496,20 @@ def pull_model(
     )
 
 
+def recorded_source(name: str) -> str | None:
+    """What to pull for a store entry given by its store name: its manifest's source, as `pull` takes it."""
+    if name in BUNDLED or "/" in name or not name.strip(".") or Path(name).expanduser().exists():
+        return None
+    source = (read_manifest(models_dir() / name) or {}).get("source")
+    if not isinstance(source, str):
+        return None
+    if source.startswith("hub:"):
+        return source.removeprefix("hub:")
+    if source.startswith("local:") or source.endswith(".gguf"):
+        return source  # a GGUF records its absolute path
+    return None  # bundled: the alias is the name
+
+
 def _pull_local_dir(path: Path, force: bool, store_name: str | None) -> tuple[Path, dict[str, Any]]:
     """Copy an HF model directory into the store, so it gets a manifest and can be verified."""
     if not (path / "config.json").exists():
@@ -338,22 +517,28 @@ def _pull_local_dir(path: Path, force: bool, store_name: str | None) -> tuple[Pa
     target = models_dir() / cache_name(store_name or path.resolve().name)
     if target.resolve() == path.resolve():
         raise ModelError(f"{path} is already the store entry; nothing to pull")
-    if (target / MANIFEST).exists() and not force:
-        return target, read_manifest(target) or {}
-    _check_disk(models_dir(), dir_size(path) + (64 << 20))
-    tmp = target.with_name(target.name + PARTIAL)
-    shutil.rmtree(tmp, ignore_errors=True)
-    # A copy, not a link: the store entry must not change when the original is edited.
-    shutil.copytree(path, tmp, ignore=shutil.ignore_patterns(MANIFEST, ".git", ".cache"))
-    manifest = write_manifest(tmp, f"local:{path.resolve()}", None, "local", None, target.name)
-    return _commit(tmp, target), manifest
+    if force:
+        with store_lock(target.name):
+            _discard(target)
+
+    def build(tmp: Path) -> None:
+        _check_disk(models_dir(), dir_size(path) + (64 << 20))
+        # A copy, not a link: the store entry must not change when the original is edited.
+        shutil.copytree(
+            path, tmp, ignore=shutil.ignore_patterns(MANIFEST, ".git", ".cache"), dirs_exist_ok=True
+        )
+        write_manifest(tmp, f"local:{path.resolve()}", None, "local", None, target.name)
+
+    build_entry(target, build)
+    return target, read_manifest(target) or {}
 
 
 def remove_model(name: str) -> tuple[Path, int]:
     """Delete a store entry; return its path and the bytes freed."""
     target = store_entry(name)
     freed = dir_size(target)
-    shutil.rmtree(target)
+    with store_lock(target.name):  # not while a builder of the same name is publishing it
+        _discard(target)
     return target, freed
 
 
@@ -367,11 +552,10 @@ def verify_models(names: list[str] | None = None) -> list[dict[str, Any]]:
     for d in dirs:
         manifest = read_manifest(d)
         if manifest is None:
-            results.append({"name": d.name, "path": d, "checked": 0, "bad": [MANIFEST]})
+            results.append({"name": d.name, "path": d, "checked": 0, "bad": [MANIFEST], "extra": []})
             continue
-        results.append(
-            {"name": d.name, "path": d, "checked": len(manifest["files"]), "bad": verify_model_dir(d)}
-        )
+        checked, bad, extra = len(manifest["files"]), verify_model_dir(d), unlisted_files(d)
+        results.append({"name": d.name, "path": d, "checked": checked, "bad": bad, "extra": extra})
     return results
 
 
