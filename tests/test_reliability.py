@@ -300,3 +300,100 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, qa
     assert [c.name for c in checkpoints_of(cfg.run_dir)] == ["checkpoint-2"]
     assert check_checkpoint(cfg.run_dir / "checkpoints" / "checkpoint-2") is None
     assert not (cfg.run_dir / "checkpoints" / STAGING).exists()
+
+
+# --- a full disk from any writer; data on disk before the rename that publishes it ----------
+
+SAFETENSORS_ENOSPC = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def _full_disk_in_safetensors(monkeypatch, where: str):
+    """safetensors raises its own SafetensorError (not an OSError) when the disk fills."""
+    import peft.peft_model
+    from safetensors import SafetensorError
+
+    real = peft.peft_model.safe_save_file
+
+    def save(tensors, filename, *a, **kw):
+        if where in str(filename):
+            raise SafetensorError(SAFETENSORS_ENOSPC)
+        return real(tensors, filename, *a, **kw)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", save)
+
+
+def test_safetensors_disk_full_in_a_checkpoint_gives_the_disk_full_message(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch
+):
+    _full_disk_in_safetensors(monkeypatch, "checkpoint-4")
+    cfg = cfg_for(tiny_model_dir, qa_file, tmp_path, "train.max_steps=8")
+    with pytest.raises(TrainingError, match=r"disk full while saving checkpoint-4 .*checkpoint-2 is intact"):
+        train(cfg, show_progress=False)
+    assert [c.name for c in checkpoints_of(cfg.run_dir)] == ["checkpoint-2"]
+    assert not (cfg.run_dir / "checkpoints" / STAGING).exists()
+
+
+def test_safetensors_disk_full_in_the_final_adapter_then_resume(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch
+):
+    _full_disk_in_safetensors(monkeypatch, "adapter.partial")
+    cfg = cfg_for(tiny_model_dir, qa_file, tmp_path, "train.max_steps=4")
+    with pytest.raises(
+        TrainingError, match=r"disk full while saving the adapter .*checkpoint-4 is intact.*--resume"
+    ):
+        train(cfg, show_progress=False)
+    assert not (cfg.run_dir / "adapter.partial").exists() and not (cfg.run_dir / "adapter").exists()
+    monkeypatch.undo()  # space freed
+    run = train(cfg, resume=True, show_progress=False)
+    assert (run / "adapter" / "smolora.json").exists()
+
+
+def test_checkpoint_and_adapter_files_are_fsynced_before_the_rename(
+    tiny_model_dir, qa_file, tmp_path, monkeypatch
+):
+    synced: set[str] = set()
+    renames: list[tuple[str, set[str]]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        renames.append((str(dst), set(synced)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    run = train(cfg_for(tiny_model_dir, qa_file, tmp_path, "train.max_steps=2"), show_progress=False)
+    published = {dst: seen for dst, seen in renames}
+    checkpoint = str(run / "checkpoints" / "checkpoint-2")
+    staged = str(run / "checkpoints" / STAGING / "checkpoint-2")
+    for name in ("adapter_model.safetensors", "optimizer.pt", "trainer_state.json"):
+        assert f"{staged}/{name}" in published[checkpoint], name
+    assert staged in published[checkpoint]  # the directory itself too
+    adapter = str(run / "adapter")
+    for name in ("adapter_model.safetensors", "smolora.json"):
+        assert f"{run}/adapter.partial/{name}" in published[adapter], name
+
+
+def test_trim_metrics_replaces_the_file_atomically(tmp_path, monkeypatch):
+    from smolora.checkpoints import trim_metrics
+
+    rows = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7))
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(rows)
+    with open(path) as before:  # a reader (the UI) holding the file: it sees the old file, whole
+        trim_metrics(tmp_path, 4)
+        assert before.read() == rows
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+    # The disk fills while the trimmed copy is written: the original stays, no temp file is left.
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path.write_text(rows)
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        trim_metrics(tmp_path, 2)
+    assert path.read_text() == rows and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

@@ -30,6 +30,7 @@ from smolora.errors import ExportError, SmoLoRAError
 from smolora.generate import end_token_ids, to_messages
 from smolora.gguf_export import load_gguf, write_gguf
 from smolora.ollama import modelfile_text
+from smolora.redact import mask_text
 
 log = logging.getLogger("smolora")
 
@@ -246,7 +247,7 @@ def prepare(run: str | Path) -> tuple[Any, Any, dict, list[dict], list[dict], di
         "source": str(run),
         "base_model": meta.get("base_model"),
         "reference": "adapter model" if hasattr(model, "merge_and_unload") else "model",
-        "prompts": [p["text"] for p in prompts],
+        "prompts": [mask_text(p["text"]) for p in prompts],  # pushed with the model: no tokens
         "tolerances": TOLERANCES,
         "checks": {},
     }

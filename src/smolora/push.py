@@ -3,7 +3,9 @@
 The card is written from the run itself: base model, method and LoRA settings, the resolved
 training config, the eval metrics (`eval/metrics.json`, when `smolora eval` ran) and, for a
 merged model, the parity check. Everything goes up in one commit through `huggingface_hub`
-(`create_repo` + `create_commit`), which honours `HF_ENDPOINT` and `HF_TOKEN`.
+(`create_repo` + `create_commit`), which honours `HF_ENDPOINT` and `HF_TOKEN`. Tokens and keys
+are masked in everything uploaded that comes from the config (smolora.json, the config, the
+card), as in config.yaml, also for runs saved before smolora.json was masked.
 
 Run as:
     push_run("runs/quickstart", "me/quickstart-lora")                 # the adapter
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from smolora.errors import ExportError
+from smolora.redact import mask_data, mask_text
 
 
 def hub_base_id(base_model: str) -> str | None:
@@ -55,6 +58,17 @@ def parity_table(parity: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def masked_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """smolora.json with the system prompt masked (the chat template is code, left as it is)."""
+    prompt = meta.get("system_prompt")
+    return {**meta, "system_prompt": mask_text(prompt) if isinstance(prompt, str) else prompt}
+
+
+def masked_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    return mask_data(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+
+
 def model_card(run_dir: Path, meta: dict[str, Any], repo: str, merged: bool) -> str:
     """README.md for the hub repo: metadata header, what it is, how to use it, config and metrics."""
     base = str(meta.get("base_model", "unknown"))
@@ -67,8 +81,8 @@ def model_card(run_dir: Path, meta: dict[str, Any], repo: str, merged: bool) -> 
     }
     if base_id:
         header["base_model"] = base_id
-    config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    meta = masked_meta(meta)
+    config = masked_config(run_dir)
     lora = config.get("lora", {})
     what = "the merged model (adapter folded into the base weights)" if merged else f"a {method} adapter"
     lines = [
@@ -173,6 +187,8 @@ def push_run(
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    from smolora.model.load import ADAPTER_META
+
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ExportError(f"--repo {repo!r}: use USER/NAME (or ORG/NAME)")
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -180,14 +196,17 @@ def push_run(
     run_dir, folder, meta = files_to_push(run, merged)
     card = model_card(run_dir, meta, repo, merged)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "README.md")
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    safe_meta = json.dumps(masked_meta(meta), indent=2).encode()
+    operations = [
+        CommitOperationAdd(
+            path_in_repo=p.name, path_or_fileobj=safe_meta if p.name == ADAPTER_META else str(p)
+        )
+        for p in files
+    ]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     if (run_dir / "config.yaml").exists():
-        operations.append(
-            CommitOperationAdd(
-                path_in_repo="smolora_config.yaml", path_or_fileobj=str(run_dir / "config.yaml")
-            )
-        )
+        config = yaml.safe_dump(masked_config(run_dir), sort_keys=False).encode()
+        operations.append(CommitOperationAdd(path_in_repo="smolora_config.yaml", path_or_fileobj=config))
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo, private=private, exist_ok=True)
