@@ -11,10 +11,10 @@ import json
 
 import torch
 
-from smolora.config import load_config
 from smolora.push import model_card
 from smolora.train import train
 from test_push import fake_hub, last_commit, push_cli  # noqa: F401 (fake_hub is a fixture)
+from test_train import tiny_cfg
 
 TOKEN = "hf_" + "Q7wErTy9UiOp3AsDfGh5JkLzXc1VbNm2Pq"  # 34 letters and digits, like a real one
 
@@ -30,21 +30,9 @@ def test_a_token_in_the_system_prompt_is_in_no_file_and_no_upload(fake_hub, tiny
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) + "\n" for i in range(24)))
     torch.set_num_threads(1)
-    cfg = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.path={data}",
-            f"data.system_prompt=You answer briefly. Deploy with {TOKEN} only.",
-            "data.max_length=256",
-            "train.batch_size=4",
-            "train.max_steps=2",
-            "train.save_every=1",
-            "train.threads=1",
-            f"output.dir={tmp_path / 'runs'}",
-            "output.name=secret",
-        ],
-    )
+    prompt = f"data.system_prompt=You answer briefly. Deploy with {TOKEN} only."
+    limits = ("data.max_length=256", "train.max_steps=2", "train.save_every=1", "train.threads=1")
+    cfg = tiny_cfg(tiny_model_dir, data, tmp_path, prompt, *limits, "output.name=secret")
     run = train(cfg, show_progress=False)
     meta = json.loads((run / "adapter" / "smolora.json").read_text())
     assert meta["system_prompt"] == "You answer briefly. Deploy with hf_*** only."  # masked, rest kept
