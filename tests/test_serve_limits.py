@@ -64,12 +64,12 @@ def server(run, tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def chat(url, body, timeout=60):
+def chat(url, body, timeout=60, headers=None):
     content = body if isinstance(body, (str, bytes)) else json.dumps(body)
     return httpx.post(
         f"{url}/v1/chat/completions",
         content=content,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **(headers or {})},
         timeout=timeout,
     )
 
@@ -183,7 +183,10 @@ def test_timeout_rate_limit_and_bind_warning(run, tmp_path_factory):
             r.status_code == 504 and r.json()["error"]["code"] == "timeout" and "--request-timeout" in r.text
         )
         trickle(url)
-        codes = [chat(url, '{"broken').status_code for _ in range(8)]  # malformed requests count too
+        # Malformed requests count too, and a forged X-Forwarded-For buys no new bucket: without
+        # --forwarded-allow-ips the header is ignored, even from loopback (uvicorn's default trusts it).
+        forged = [{"X-Forwarded-For": f"10.0.0.{i}"} for i in range(8)]
+        codes = [chat(url, '{"broken', headers=h).status_code for h in forged]
         # Six a minute: the 504 and the trickle took two, four broken requests the rest (a refill takes 10 s).
         assert codes[:4] == [400] * 4 and set(codes[5:]) <= {400, 429} and codes.count(429) >= 2
         r = chat(url, ok_body())

@@ -1,7 +1,9 @@
 """Batched decoding for the server: a queue of requests, one generate() call per batch.
 
 A single worker (`batch_loop`) takes the oldest waiting job plus every other waiting job for
-the same served model, up to `max_batch`, and decodes them together. Each row keeps its own
+the same served model, up to `max_batch`, and decodes them together. The waiting jobs live in
+one insertion-ordered dict per served model, so taking a batch, cancelling a queued job and
+counting a client's jobs never scan the whole queue. Each row keeps its own
 max_tokens, temperature, top-p and stop strings (`RowSampling`, `BatchControl`); text is
 streamed back to the request's asyncio queue as it grows; a cancelled row stops at the next
 token, which frees its slot. Static batching: jobs arriving mid-batch wait for the next one.
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +32,14 @@ from smolora.generate import end_token_ids
 
 log = logging.getLogger("smolora")
 
+# Below this a temperature is greedy decoding: dividing logits by 1e-40 gives inf, softmax of inf
+# gives NaN, and sampling from NaN fails the whole batch (every request decoded with that row).
+GREEDY_BELOW = 1e-5
 
-@dataclass
+ORDER = itertools.count()  # arrival order across the per-model queues
+
+
+@dataclass(eq=False)  # identity, not field equality: jobs are keys of the queue dicts
 class Job:
     """One request's row in a batch, and the channel its tokens go back through."""
 
@@ -47,6 +57,8 @@ class Job:
     text: str = ""
     finish: str | None = None
     cancelled: bool = False
+    client: str = ""  # who asked (address), for the per-client share of the queue
+    seq: int = field(default_factory=lambda: next(ORDER))
 
 
 @dataclass
@@ -63,17 +75,50 @@ class Served:
     max_tokens_cap: int = 2048  # the most tokens one request may ask for (--max-tokens-cap)
     request_timeout: float = 300.0  # seconds a request may wait and decode (--request-timeout)
     context: int = 2048
-    pending: list[Job] = field(default_factory=list)
+    # served name -> waiting jobs, oldest first (a dict as an ordered set: O(1) removal)
+    pending: dict[str, dict[Job, None]] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)  # client -> its jobs in `pending`
     current: list[Job] = field(default_factory=list)  # the batch being decoded
     stats: dict[str, int] = field(default_factory=lambda: {"completed": 0, "cancelled": 0, "batches": 0})
     tok_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Prompts are tokenised here, off the event loop, one at a time (a 1 MB prompt takes a while).
+    tok_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="smolora-tokenize")
+    )
     wake: asyncio.Event | None = None
 
 
+def queued(served: Served) -> int:
+    return sum(len(jobs) for jobs in served.pending.values())
+
+
 def submit(served: Served, job: Job) -> None:
-    served.pending.append(job)
+    served.pending.setdefault(job.model, {})[job] = None
+    served.waiting[job.client] = served.waiting.get(job.client, 0) + 1
     assert served.wake is not None
     served.wake.set()
+
+
+def unqueue(served: Served, job: Job) -> None:
+    """Take a job out of the waiting queue (into a batch, or cancelled)."""
+    jobs = served.pending[job.model]
+    del jobs[job]
+    if not jobs:
+        del served.pending[job.model]
+    left = served.waiting[job.client] - 1
+    if left:
+        served.waiting[job.client] = left
+    else:
+        del served.waiting[job.client]  # the dict holds only clients with jobs waiting
+
+
+def take_batch(served: Served) -> list[Job]:
+    """The oldest waiting job and the next waiting jobs for its model, up to max_batch."""
+    name = min(served.pending, key=lambda m: next(iter(served.pending[m])).seq)
+    jobs = list(itertools.islice(served.pending[name], served.max_batch))
+    for job in jobs:
+        unqueue(served, job)
+    return jobs
 
 
 def active(served: Served) -> int:
@@ -85,20 +130,20 @@ def cancel(served: Served, job: Job) -> None:
     """The client went away: drop a queued job, or stop its row at the next token."""
     if job.finish is None:
         job.cancelled = True
-        if job in served.pending:
-            served.pending.remove(job)
+        if job in served.pending.get(job.model, ()):
+            unqueue(served, job)
             served.stats["cancelled"] += 1
             job.finish = "cancelled"
 
 
 class RowSampling(LogitsProcessor):
-    """Per-row temperature and top-p inside one sampled generate(); temperature 0 rows stay greedy."""
+    """Per-row temperature and top-p inside one sampled generate(); rows below GREEDY_BELOW stay greedy."""
 
     def __init__(self, temperature: torch.Tensor, top_p: torch.Tensor):
         self.temperature, self.top_p = temperature, top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        greedy = (self.temperature == 0) | (self.top_p == 0)
+        greedy = (self.temperature < GREEDY_BELOW) | (self.top_p == 0)
         best = scores.argmax(-1)
         scores = scores / torch.where(greedy, 1.0, self.temperature)[:, None]
         ordered, order = scores.sort(dim=-1, descending=True)
@@ -141,11 +186,13 @@ class BatchControl(StoppingCriteria):
         job.text = text
         if len(job.out_ids) >= job.max_tokens:
             return finish(self.served, job, "length")
-        # Hold back a half-decoded character and anything that may be the start of a stop string.
+        # Hold back a half-decoded character and anything that may be the start of a stop string
+        # (stop strings are short, serve.py caps them: this is at most a few hundred comparisons).
         safe = len(text.rstrip("\ufffd"))
         for s in job.stop:
+            shown = text[:safe]
             for k in range(min(len(s) - 1, safe), 0, -1):
-                if text[:safe].endswith(s[:k]):
+                if shown.endswith(s[:k]):
                     safe -= k
                     break
         if safe > job.sent:
@@ -178,7 +225,7 @@ def run_batch(served: Served, jobs: list[Job]) -> None:
     for i, job in enumerate(jobs):  # left padding: every row's next token comes right after its prompt
         input_ids[i, width - len(job.ids) :] = torch.tensor(job.ids)
         mask[i, width - len(job.ids) :] = 1
-    sample = any(j.temperature > 0 and j.top_p > 0 for j in jobs)
+    sample = any(j.temperature >= GREEDY_BELOW and j.top_p > 0 for j in jobs)
     # No eos here: BatchControl ends each row at end-of-turn itself (ignore_eos is per row).
     config = GenerationConfig(
         max_new_tokens=max(j.max_tokens for j in jobs), do_sample=sample, pad_token_id=pad
@@ -214,16 +261,11 @@ async def batch_loop(served: Served) -> None:
         while not served.pending:
             served.wake.clear()
             await served.wake.wait()
-        if len(served.pending) < served.max_batch:
+        if queued(served) < served.max_batch:
             await asyncio.sleep(served.batch_wait)  # let requests sent together share the batch
         if not served.pending:  # all of them cancelled meanwhile
             continue
-        name = served.pending[0].model
-        jobs = [j for j in served.pending if j.model == name][: served.max_batch]
-        served.pending = [j for j in served.pending if j not in jobs]
-        jobs = [j for j in jobs if not j.cancelled]
-        if not jobs:
-            continue
+        jobs = take_batch(served)  # cancelled jobs already left the queue in cancel()
         served.current = jobs
         served.stats["batches"] += 1
         try:

@@ -156,6 +156,13 @@ def serve(
     max_body_kb: Annotated[
         int, typer.Option(min=1, help="Largest request body accepted (413 beyond).")
     ] = 1024,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For names the client (comma-separated IPs or networks); "
+            "default: none, not even loopback."
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
 
@@ -178,4 +185,5 @@ def serve(
         request_timeout=request_timeout,
         rate_limit=rate_limit,
         max_body_kb=max_body_kb,
+        forwarded_allow_ips=forwarded_allow_ips,
     )

@@ -6,7 +6,10 @@
 - `rate_limited`: a token bucket per client address on the /v1 routes (`per_minute` requests
   per minute, bursts up to the same number); an empty bucket answers 429 with Retry-After.
   Every request counts, a malformed or unauthenticated one too: they cost the server work.
-  Keyed by address, not by API key, so sending made-up keys does not buy new buckets.
+  Keyed by address, not by API key, so sending made-up keys does not buy new buckets; the
+  address is the peer's, or X-Forwarded-For's only from --forwarded-allow-ips proxies (uvicorn
+  rewrites scope["client"]), so a forged header does not buy new buckets either. A bucket idle
+  long enough to refill is forgotten, and at most MAX_CLIENTS are kept: memory stays bounded.
 
 The max_tokens cap and the per-request generation timeout live in serve.py, next to the
 request they judge.
@@ -24,9 +27,11 @@ import json
 import math
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 DRAIN_FACTOR = 16  # an oversized body up to 16x the limit is read and dropped before the 413
+MAX_CLIENTS = 10_000  # rate-limit buckets kept at once
 
 
 def error_response(status: int, message: str, code: str, headers: list | None = None) -> tuple[dict, bytes]:
@@ -114,10 +119,13 @@ def body_limit(app: Any, max_bytes: int, read_timeout: float) -> Any:
 class RateLimiter:
     """Token buckets, one per client; `per_minute=0` turns limiting off."""
 
-    def __init__(self, per_minute: float):
+    def __init__(self, per_minute: float, max_clients: int = MAX_CLIENTS):
         self.rate = per_minute / 60.0
         self.capacity = max(per_minute, 1.0)
-        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last refill time)
+        self.refill = self.capacity / self.rate if self.rate > 0 else 0.0  # seconds from empty to full
+        self.max_clients = max_clients
+        # client -> (tokens, last refill time), least recently seen first
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.lock = threading.Lock()
 
     def take(self, client: str) -> float | None:
@@ -126,15 +134,22 @@ class RateLimiter:
             return None
         now = time.monotonic()
         with self.lock:
-            tokens, last = self.buckets.get(client, (self.capacity, now))
+            self.prune(now)
+            tokens, last = self.buckets.pop(client, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self.buckets[client] = (tokens - 1, now)
-                return None
-            self.buckets[client] = (tokens, now)
-            if len(self.buckets) > 10_000:  # forget idle clients (full buckets) so memory stays bounded
-                self.buckets = {k: v for k, v in self.buckets.items() if v[0] < self.capacity}
-            return (1 - tokens) / self.rate
+            passed = tokens >= 1
+            self.buckets[client] = (tokens - 1 if passed else tokens, now)  # now the most recent
+            return None if passed else (1 - tokens) / self.rate
+
+    def prune(self, now: float) -> None:
+        """Forget buckets from the least recently seen: any idle for a full refill (it would be full
+        again, the same as no bucket), and beyond `max_clients` the oldest (it starts full next time).
+        Stops at the first bucket still refilling, so each call costs what it removes."""
+        while self.buckets:
+            client, (_, last) = next(iter(self.buckets.items()))
+            if now - last < self.refill and len(self.buckets) < self.max_clients:
+                return
+            del self.buckets[client]
 
 
 def retry_after(seconds: float) -> str:

@@ -7,12 +7,18 @@ through `disable_adapter`).
 
 Batching (`batching.py`): requests wait in a queue; a single worker takes the oldest
 request plus every other waiting request for the same model (up to --max-batch) and decodes
-them in one `generate()` call. Each row keeps its own max_tokens, temperature, top_p and stop strings; a
+them in one `generate()` call. Admission counts rows (each prompt of a list, times `n`): the
+queue holds 256, one client at most half of it (429 with Retry-After beyond). Prompts are
+tokenised in a thread, so a long one never stalls the event loop. Each row keeps its own max_tokens, temperature, top_p and stop strings; a
 row whose client went away is stopped at the next token, which frees its slot. This is
 static batching: requests arriving mid-batch wait for the next one.
 
 Errors follow OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 4xx for
-anything the client can fix. Loopback by default; `--api-key` requires `Authorization: Bearer`.
+anything the client can fix, including unknown routes and methods; an unexpected failure is a
+500 with a reference to the server log, never a traceback. `null` in any optional field means
+its default, as in OpenAI's API. Loopback by default; `--api-key` requires `Authorization:
+Bearer` (and hides the model names from /health); `X-Forwarded-For` counts only from the
+proxies named by `--forwarded-allow-ips`.
 
 Run as:
     smolora serve runs/quickstart --adapter other=runs/other --port 8000
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import pickle
@@ -31,24 +38,37 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import Request as HTTPRequest
 from pydantic import BaseModel, ConfigDict, Field
 
-from smolora.batching import Job, Served, active, batch_loop, cancel, submit
-from smolora.errors import ExportError
+from smolora.batching import Job, Served, active, batch_loop, cancel, queued, submit
+from smolora.errors import ConfigError, ExportError
 from smolora.generate import to_messages
 from smolora.limits import body_limit, rate_limited
-from smolora.redact import mask_text
 
 log = logging.getLogger("smolora")
 
 MAX_TOKENS_CEILING = 32768  # schema bound; the model's context is checked per request
+MAX_PROMPTS = 64  # prompts in one /v1/completions list; each is a row of the shared queue
+MAX_N = 16  # choices per prompt
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings are matched after every token of every row
+DISCONNECT_CHECK_S = 0.5  # how often a waiting request asks whether its client is still there
 
 
 # --- request shapes (validated by pydantic; failures become 400s) ---------------------------
+# Every optional field is nullable: OpenAI's API (and clients built on it) send null for "the
+# default", so None is resolved to the default where the value is used, never refused.
+
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Prompt = Annotated[str, Field(min_length=1)]  # an empty prompt gives the model nothing to continue
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool | None = None
 
 
 class BaseRequest(BaseModel):
@@ -56,19 +76,25 @@ class BaseRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, ge=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1, description="One choice per request.")
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    ignore_eos: bool = Field(False, description="vLLM extension: decode through end-of-sequence.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 1; below 1e-5 greedy.")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
+    n: int | None = Field(None, ge=1, le=MAX_N, description="Choices per prompt (default 1; 1 to stream).")
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool | None = Field(None, description="vLLM extension: decode through end-of-sequence.")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"] = Field(description="Only text content parts are supported.")
+    text: str
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
 
 
 class ChatRequest(BaseRequest):
@@ -79,11 +105,36 @@ class ChatRequest(BaseRequest):
 
 
 class CompletionRequest(BaseRequest):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_CEILING)  # OpenAI's default for completions
-    echo: bool = False
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)]
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, description="Default 16, as OpenAI's.")
+    echo: bool | None = None
     logprobs: int | None = None
     best_of: int | None = Field(None, ge=1, le=1)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# Documented on every route, so the OpenAPI schema says what a client (or a fuzzer) may get back.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in [
+        (400, "bad request: the message names the field"),
+        (401, "missing or wrong API key"),
+        (404, "unknown model or route"),
+        (413, "request body over --max-body-kb"),
+        (429, "rate limit, queue full or this client's share of the queue used (see Retry-After)"),
+        (504, "over --request-timeout"),
+    ]
+}
 
 
 class APIError(Exception):
@@ -199,13 +250,10 @@ def load_served(
 # --- the HTTP app ----------------------------------------------------------------------------
 
 
-def flatten_content(content: str | list[dict[str, Any]] | None) -> str:
+def flatten_content(content: str | list[TextPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    texts = [part.get("text", "") for part in content if part.get("type") == "text"]
-    if len(texts) != len(content):
-        raise APIError(400, "only text content parts are supported", "messages", "unsupported_content")
-    return "".join(texts)
+    return "".join(part.text for part in content)  # pydantic checked each part: type "text", text a string
 
 
 def check_model(served: Served, name: str | None) -> str:
@@ -221,11 +269,14 @@ def check_model(served: Served, name: str | None) -> str:
 
 
 def chat_prompt_ids(served: Served, name: str, req: ChatRequest) -> list[int]:
+    """Render and tokenise a conversation (runs in served.tok_pool, off the event loop)."""
     entry = served.names[name]
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": flatten_content(m.content)}
         for m in req.messages
     ]
+    if not any(m["content"] for m in messages):
+        raise APIError(400, "every message is empty; send some text to answer", "messages", "empty_prompt")
     messages = to_messages(messages, entry["system"])
     template = entry["template"] or served.tokenizer.chat_template
     try:
@@ -238,13 +289,62 @@ def chat_prompt_ids(served: Served, name: str, req: ChatRequest) -> list[int]:
         raise APIError(400, f"the chat template cannot render these messages: {e}", "messages") from None
 
 
-def new_job(served: Served, name: str, ids: list[int], req: BaseRequest, max_tokens: int | None) -> Job:
+def prompt_ids(served: Served, prompts: list[str]) -> list[list[int]]:
+    """Tokenise completion prompts (runs in served.tok_pool, off the event loop)."""
+    with served.tok_lock:
+        return [served.tokenizer(p)["input_ids"] for p in prompts]
+
+
+async def tokenize(served: Served, fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(served.tok_pool, fn, served, *args)
+
+
+def client_of(request: HTTPRequest) -> str:
+    """The client's address: the peer, or X-Forwarded-For from a --forwarded-allow-ips proxy (uvicorn)."""
+    return request.client.host if request.client else "?"
+
+
+def admit(served: Served, client: str, rows: int, param: str) -> None:
+    """Room in the queue for `rows` more rows from `client`: the whole queue, and half of it per client."""
+    share = max(1, served.max_queue // 2)  # so one client alone can never starve the others
+    if rows > share:
+        raise APIError(
+            400,
+            f"this request asks for {rows} completions (prompts x n); one client may queue at most {share}",
+            param,
+            "too_many_completions",
+        )
+    retry = {"Retry-After": "1"}
+    if queued(served) + rows > served.max_queue:
+        raise APIError(429, "too many requests waiting; retry shortly", None, "queue_full", headers=retry)
+    if served.waiting.get(client, 0) + rows > share:
+        raise APIError(
+            429,
+            f"this client already has {served.waiting[client]} completions waiting (the most is {share}); "
+            "retry when some are done",
+            None,
+            "client_queue_full",
+            headers=retry,
+        )
+
+
+def new_job(
+    served: Served,
+    name: str,
+    ids: list[int],
+    req: BaseRequest,
+    max_tokens: int | None,
+    client: str,
+    param: str,
+) -> Job:
+    if not ids:
+        raise APIError(400, "the prompt is empty after tokenisation; send some text", param, "empty_prompt")
     room = served.context - len(ids)
     if room < 1:
         raise APIError(
             400,
             f"the prompt is {len(ids)} tokens; this model's context is {served.context}",
-            "messages",
+            param,
             "context_length_exceeded",
         )
     if max_tokens is not None and max_tokens > served.max_tokens_cap:
@@ -261,36 +361,39 @@ def new_job(served: Served, name: str, ids: list[int], req: BaseRequest, max_tok
             "max_tokens",
             "context_length_exceeded",
         )
-    if len(served.pending) >= served.max_queue:
-        raise APIError(
-            429, "too many requests waiting; retry shortly", None, "queue_full", headers={"Retry-After": "1"}
-        )
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    if len(stop) > 4 or any(not s for s in stop):
-        raise APIError(400, "stop takes up to 4 non-empty strings", "stop")
     return Job(
         model=name,
         ids=ids,
         max_tokens=max_tokens or min(room, served.max_tokens_cap, 512),
-        temperature=req.temperature,
-        top_p=req.top_p,
-        stop=stop,
-        ignore_eos=req.ignore_eos,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),  # lengths checked by pydantic
+        ignore_eos=bool(req.ignore_eos),
         loop=asyncio.get_running_loop(),
+        client=client,
     )
 
 
-async def next_event(job: Job, request: Any, deadline: float) -> tuple[str, str] | None:
-    """The job's next event, ("timeout", "") past `deadline`, or None once the client has gone away."""
+async def events(job: Job, request: Any, deadline: float) -> AsyncIterator[tuple[str, str]]:
+    """The job's events, then ("timeout", "") past `deadline`; it just ends once the client has gone.
+
+    The client is asked every DISCONNECT_CHECK_S even while tokens flow: a plain request gets a
+    token event every few milliseconds, and a check made only when none arrived never ran.
+    """
+    check_at = time.monotonic() + DISCONNECT_CHECK_S
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return ("timeout", "")
-        try:
-            return await asyncio.wait_for(job.events.get(), timeout=min(1.0, left))
-        except asyncio.TimeoutError:  # noqa: UP041 (a different class on Python 3.10)
+        now = time.monotonic()
+        if now >= check_at:
             if await request.is_disconnected():
-                return None
+                return
+            check_at = now + DISCONNECT_CHECK_S
+        if now >= deadline:
+            yield ("timeout", "")
+            return
+        try:
+            yield await asyncio.wait_for(job.events.get(), timeout=min(check_at, deadline) - now)
+        except asyncio.TimeoutError:  # noqa: UP041 (a different class on Python 3.10)
+            continue
 
 
 def timeout_message(served: Served) -> str:
@@ -304,23 +407,20 @@ async def collect(served: Served, job: Job, request: Any) -> str:
     """Wait for a non-streamed job; a client that leaves cancels it like a stream would."""
     deadline = time.monotonic() + served.request_timeout
     try:
-        while True:
-            event = await next_event(job, request, deadline)
-            if event is None:
-                return "cancelled"
-            kind, value = event
+        async for kind, value in events(job, request, deadline):
             if kind == "timeout":
                 raise APIError(504, timeout_message(served), None, "timeout")
             if kind == "error":
                 raise APIError(500, value, None, "generation_failed")
             if kind == "done":
                 return value
+        return "cancelled"  # the client went away
     finally:
         cancel(served, job)
 
 
-def usage(jobs: list[Job]) -> dict[str, int]:
-    prompt = sum(len(j.ids) for j in jobs)
+def usage(jobs: list[Job], n: int = 1) -> dict[str, int]:
+    prompt = sum(len(j.ids) for j in jobs[::n])  # each prompt once, however many choices it has
     completion = sum(len(j.out_ids) for j in jobs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -336,11 +436,7 @@ async def stream(
     deadline = time.monotonic() + served.request_timeout
     try:
         yield sse(chunk(None, "", first=True))
-        while True:
-            event = await next_event(job, request, deadline)
-            if event is None:
-                return
-            kind, value = event
+        async for kind, value in events(job, request, deadline):
             if kind == "delta":
                 yield sse(chunk(None, value))
             elif kind == "timeout":
@@ -354,9 +450,33 @@ async def stream(
                 if include_usage:
                     yield sse({**chunk(None, ""), "choices": [], "usage": usage([job])})
                 break
+        else:
+            return  # the client went away
         yield sse("[DONE]")
     finally:
         cancel(served, job)
+
+
+def validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | None, str]:
+    """(message, param, code) of pydantic's most specific error, its path without union branch names."""
+    if any(e["type"] == "json_invalid" for e in errors):
+        first = next(e for e in errors if e["type"] == "json_invalid")
+        detail = first.get("ctx", {}).get("error", "invalid JSON")
+        return f"We could not parse the JSON body of your request ({detail})", None, "invalid_json"
+    # A union reports one error per branch (`prompt.str`, `prompt.list[str].0`). The deepest one
+    # says what is wrong (the 3rd content part's text is a number, not "content is not a string"),
+    # and among equals one that is not "wrong type" (an empty list is too short, not "not a string").
+    first = max(errors, key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
+    loc = [str(p) for p in first["loc"][1:] if not is_branch(p)] if first["loc"][:1] == ("body",) else []
+    param = ".".join(loc) or None
+    return (f"{param}: {first['msg']}" if param else first["msg"]), param, first["type"]
+
+
+def is_branch(part: Any) -> bool:
+    """pydantic's name for a union branch in an error path: `str`, `constrained-str`, `list[str]`, `TextPart`."""
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool") or "[" in part or "-" in part or part[:1].isupper()
+    )
 
 
 def create_app(served: Served, api_key: str | None = None) -> Any:
@@ -373,56 +493,69 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
         yield
         worker.cancel()
 
-    app = FastAPI(title="SmoLoRA", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="SmoLoRA", lifespan=lifespan, docs_url=None, redoc_url=None, responses=ERRORS)
+
+    def error(status: int, message: str, param: str | None, code: str | None, headers: Any = None) -> Any:
+        kind = (
+            "authentication_error"
+            if status == 401
+            else ("server_error" if status >= 500 else "invalid_request_error")
+        )
+        return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
 
     @app.exception_handler(APIError)
     async def _api_error(request: HTTPRequest, e: APIError):
-        kind = "invalid_request_error" if e.status < 500 else "server_error"
-        if e.status == 401:
-            kind = "authentication_error"
-        return JSONResponse(
-            error_body(e.message, kind, e.param, e.code), status_code=e.status, headers=e.headers
-        )
+        return error(e.status, e.message, e.param, e.code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: HTTPRequest, e: RequestValidationError):
-        first = e.errors()[0]
-        if first["type"] == "json_invalid":
-            message = f"We could not parse the JSON body of your request ({first.get('ctx', {}).get('error', 'invalid JSON')})"
-            return JSONResponse(error_body(message, "invalid_request_error", None, "invalid_json"), 400)
-        loc = [str(p) for p in first["loc"] if p != "body"]
-        param = ".".join(loc) or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
-        return JSONResponse(error_body(message, "invalid_request_error", param, first["type"]), 400)
+        return error(400, *validation_error(list(e.errors())))
 
     @app.exception_handler(HTTPException)
     async def _http(request: HTTPRequest, e: HTTPException):
-        return JSONResponse(error_body(str(e.detail), "invalid_request_error"), status_code=e.status_code)
+        """Starlette's own errors (unknown route, wrong method) in OpenAI's shape too."""
+        message, code = str(e.detail), None
+        if e.status_code == 404:
+            message, code = (
+                f"no route {request.url.path}; see /openapi.json for this server's routes",
+                "not_found",
+            )
+        elif e.status_code == 405:
+            message, code = f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        return error(e.status_code, message, None, code, getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(request: HTTPRequest, e: Exception):
-        log.exception("request failed")
-        return JSONResponse(error_body(mask_text(f"internal error: {e}"), "server_error"), status_code=500)
+        # The details (which may hold paths or data) go to the server log, not to the client.
+        ref = uuid.uuid4().hex[:8]
+        log.error("request %s failed (ref %s)", request.url.path, ref, exc_info=e)
+        return error(
+            500, f"internal error (ref {ref}); the server log has the details", None, "internal_error"
+        )
 
-    async def auth(request: HTTPRequest) -> None:
+    def authorized(request: HTTPRequest) -> bool:
         """The API key, compared in constant time (the rate limit runs before, in limits.py)."""
         given = request.headers.get("authorization", "")
-        if api_key is not None and not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        return api_key is None or secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+
+    async def auth(request: HTTPRequest) -> None:
+        if not authorized(request):
             raise APIError(
                 401, "missing or wrong API key: send 'Authorization: Bearer KEY'", None, "invalid_api_key"
             )
 
     @app.get("/health")
-    async def health():
-        return {
+    async def health(request: HTTPRequest):
+        """Liveness and load, open to probes; the model names only to those who may use them."""
+        state = {
             "status": "ok",
-            "models": list(served.names),
-            "queued": len(served.pending),
+            "queued": queued(served),
             "active": active(served),
             "max_batch": served.max_batch,
             "device": str(next(served.model.parameters()).device),
             **served.stats,
         }
+        return {**state, "models": list(served.names)} if authorized(request) else state
 
     @app.get("/v1/models", dependencies=[Depends(auth)])
     async def models():
@@ -440,10 +573,14 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
                 "logprobs and tools are not supported by this server",
                 "logprobs" if req.logprobs else "tools",
             )
-        name = check_model(served, req.model)
-        job = new_job(
-            served, name, chat_prompt_ids(served, name, req), req, req.max_completion_tokens or req.max_tokens
-        )
+        name, n, client = check_model(served, req.model), req.n or 1, client_of(request)
+        if req.stream and n > 1:
+            raise APIError(400, "n > 1 is not supported when streaming", "n")
+        admit(served, client, n, "n")  # before the tokeniser's work, and again before the queue
+        ids = await tokenize(served, chat_prompt_ids, name, req)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        jobs = [new_job(served, name, ids, req, max_tokens, client, "messages") for _ in range(n)]
+        admit(served, client, n, "n")
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def chunk(reason: str | None, text: str, first: bool = False) -> dict[str, Any]:
@@ -456,13 +593,14 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
             }
 
-        submit(served, job)
+        for job in jobs:
+            submit(served, job)
         if req.stream:
-            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                stream(served, job, request, chunk, include_usage), media_type="text/event-stream"
+                stream(served, jobs[0], request, chunk, include_usage), media_type="text/event-stream"
             )
-        reason = await collect(served, job, request)
+        reasons = await asyncio.gather(*(collect(served, j, request) for j in jobs))
         return {
             "id": rid,
             "object": "chat.completion",
@@ -470,13 +608,14 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
             "model": name,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": job.text},
+                    "index": i,
+                    "message": {"role": "assistant", "content": j.text},
                     "logprobs": None,
-                    "finish_reason": reason,
+                    "finish_reason": r,
                 }
+                for i, (j, r) in enumerate(zip(jobs, reasons, strict=True))
             ],
-            "usage": usage([job]),
+            "usage": usage(jobs, n),
         }
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
@@ -485,15 +624,18 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
             raise APIError(
                 400, "echo and logprobs are not supported by this server", "echo" if req.echo else "logprobs"
             )
-        name = check_model(served, req.model)
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts or (req.stream and len(prompts) > 1):
-            raise APIError(
-                400, "prompt must be a string or a non-empty list (one prompt when streaming)", "prompt"
-            )
-        with served.tok_lock:
-            encoded = [served.tokenizer(p)["input_ids"] for p in prompts]
-        jobs = [new_job(served, name, ids, req, req.max_tokens) for ids in encoded]
+        name, n, client = check_model(served, req.model), req.n or 1, client_of(request)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt  # 1..MAX_PROMPTS, by pydantic
+        if req.stream and len(prompts) * n > 1:
+            raise APIError(400, "streaming takes one prompt and n = 1", "prompt" if len(prompts) > 1 else "n")
+        rows = len(prompts) * n  # every prompt, every choice: a row of the shared queue
+        admit(served, client, rows, "prompt" if n == 1 else "n")
+        encoded = await tokenize(served, prompt_ids, prompts)
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default for completions
+        jobs = [
+            new_job(served, name, ids, req, max_tokens, client, "prompt") for ids in encoded for _ in range(n)
+        ]
+        admit(served, client, rows, "prompt" if n == 1 else "n")
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def chunk(reason: str | None, text: str, first: bool = False) -> dict[str, Any]:
@@ -508,7 +650,7 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
         for job in jobs:
             submit(served, job)
         if req.stream:
-            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
                 stream(served, jobs[0], request, chunk, include_usage), media_type="text/event-stream"
             )
@@ -522,7 +664,7 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
                 {"index": i, "text": j.text, "logprobs": None, "finish_reason": r}
                 for i, (j, r) in enumerate(zip(jobs, reasons, strict=True))
             ],
-            "usage": usage(jobs),
+            "usage": usage(jobs, n),
         }
 
     return app
@@ -533,6 +675,21 @@ def model_card(name: str) -> dict[str, Any]:
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def proxy_list(value: str | None) -> list[str]:
+    """--forwarded-allow-ips as a list of addresses/networks ('*': any), checked before the model loads."""
+    items = [item.strip() for item in (value or "").split(",") if item.strip()]
+    for item in items:
+        try:
+            if item != "*":
+                ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"--forwarded-allow-ips: {item!r} is not an IP address or network "
+                "(e.g. 127.0.0.1 or 10.0.0.0/8, comma-separated)"
+            ) from None
+    return items
 
 
 def serve(
@@ -548,11 +705,14 @@ def serve(
     request_timeout: float = 300.0,
     rate_limit: float = 0,
     max_body_kb: int = 1024,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Load, then serve until interrupted."""
     import uvicorn
 
     from smolora.model.load import physical_cores
+
+    proxies = proxy_list(forwarded_allow_ips)
 
     if host not in LOOPBACK and not api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", host)
@@ -567,6 +727,15 @@ def serve(
     app = rate_limited(app, rate_limit)
     log.info("serving %s on http://%s:%d/v1 (max batch %d)", ", ".join(served.names), host, port, max_batch)
     # timeout_keep_alive: idle keep-alive connections are closed after 5 s, so idle clients hold no slots.
+    # X-Forwarded-For decides who a client is (rate limit, queue share), so uvicorn honours it only
+    # from the named proxies; its own default trusts loopback, where any local process can forge it.
     uvicorn.run(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2, timeout_keep_alive=5
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        timeout_keep_alive=5,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=",".join(proxies) or None,
     )
