@@ -157,3 +157,25 @@ def test_server_takes_no_paths_and_never_echoes_the_key(tiny_model_dir, tmp_path
             # The model field picks among the models loaded at start; nothing is read from disk.
             assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", name
             assert key not in r.text
+
+
+def test_globs_and_directories_never_follow_symlinks_out(client, ws, outside):
+    data = ws / "data"
+    data.mkdir()
+    (data / "good.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    (data / "stolen.jsonl").symlink_to(outside / "secret.jsonl")
+    for path in ("data", "data/*.jsonl", "**/*.jsonl"):
+        view = client.post("/api/config/preview", json={"overrides": [f"data.path={path}"]}).json()
+        problems = {p["path"]: p["message"] for p in view["problems"]}
+        assert "outside the workspace" in problems.get("data.path", ""), (path, problems)
+        view = client.post(
+            "/api/config/preview", json={"overrides": ["data.path=qa.jsonl", f"data.val_path={path}"]}
+        )
+        assert "data.val_path" in {p["path"] for p in view.json()["problems"]}, path
+    r = client.post("/api/data/inspect", json={"path": "data"})
+    assert r.status_code == 403 and "stolen.jsonl" in r.json()["error"] and "private" not in r.text
+    listed = [f["path"] for f in client.get("/api/files").json()["files"]]
+    assert "data/good.jsonl" in listed and "data/stolen.jsonl" not in listed and "link.jsonl" not in listed
+    (data / "stolen.jsonl").unlink()
+    view = client.post("/api/config/preview", json={"overrides": ["data.path=data"]}).json()
+    assert view["ok"], view["problems"]  # a directory whose files all stay inside is fine
