@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,29 +20,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import test_ui
 from smolora.ui import create_app
 from smolora.ui.guard import allowed_hosts
+from test_ui import BASE, HEADERS, TOKEN
 
-TOKEN = "test-token-0123456789abcdef"
-BASE = "http://127.0.0.1:7860"
-HEADERS = {"X-SmoLoRA": "1", "Authorization": f"Bearer {TOKEN}"}
+# The fixtures of test_ui.py: the workspace (tiny model + a question/answer file) and its client.
+ws, client = test_ui.ws, test_ui.client
+
 SECRET = "hf_" + "Ab1" * 10  # token-shaped: what redact.py masks
-QA_ROWS = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(40)]
-
-
-@pytest.fixture
-def ws(tmp_path, tiny_model_dir) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    shutil.copytree(tiny_model_dir, root / "tiny-llama")
-    (root / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in QA_ROWS) + "\n")
-    return root
-
-
-@pytest.fixture
-def client(ws):
-    with TestClient(create_app(ws, token=TOKEN), base_url=BASE, headers=HEADERS) as c:
-        yield c
 
 
 @pytest.fixture
