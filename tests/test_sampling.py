@@ -3,9 +3,11 @@
 multiple values for keyword argument 'do_sample'`. One helper, `sampling_kwargs`, builds the
 decoding arguments for all three now.
 
-The effect checks rest on two facts of the tiny random model: at temperature 50 sampling is near
-uniform over 300 tokens, so 12 sampled tokens match the greedy ones with probability ~0 (seeds
-are fixed anyway); and top_p close to 0 keeps only the most likely token, which is greedy.
+The effect checks use the tiny random model with its own output head (`chatty_model_dir`: with
+the embeddings tied, a random model only echoes the template's last newline, so every greedy
+answer would be empty). At temperature 50 sampling is near uniform over 300 tokens, so 12
+sampled tokens match the greedy ones with probability ~0 (seeds are fixed anyway); top_p close
+to 0 keeps only the most likely token, which is greedy.
 
 Run as:
     pytest -q tests/test_sampling.py
@@ -28,10 +30,25 @@ runner = CliRunner()
 PROMPTS = ["What is 3 plus one?", "Write a haiku about rivers and the sea."]
 
 
-def cli_generate(tiny_model_dir, *flags: str) -> list[str]:
+@pytest.fixture(scope="session")
+def chatty_model_dir(tmp_path_factory, tiny_tokenizer):
+    """The tiny random Llama with an untied random lm_head: greedy answers that are not empty."""
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(len(tiny_tokenizer))
+    model.config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(len(tiny_tokenizer), model.config.hidden_size))
+    d = tmp_path_factory.mktemp("chatty-llama")
+    model.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+def cli_generate(chatty_model_dir, *flags: str) -> list[str]:
     torch.manual_seed(0)
     r = runner.invoke(
-        app, ["generate", str(tiny_model_dir), *PROMPTS, "--max-new-tokens", "12", "--json", *flags]
+        app, ["generate", str(chatty_model_dir), *PROMPTS, "--max-new-tokens", "12", "--json", *flags]
     )
     assert r.exit_code == 0, r.output
     return [row["output"] for row in json_rows(r.output)]
@@ -46,21 +63,19 @@ def json_rows(text: str) -> list[dict]:
     return rows
 
 
-def test_cli_generate_sample_and_temperature(tiny_model_dir):
-    greedy = cli_generate(tiny_model_dir)
-    assert len(greedy) == 2 and cli_generate(tiny_model_dir) == greedy  # greedy is deterministic
-    hot = cli_generate(tiny_model_dir, "--sample", "--temperature", "50")
-    assert hot != greedy
-    assert cli_generate(tiny_model_dir, "--sample", "--temperature", "50") == hot  # same seed, same draw
+def test_cli_generate_sample_and_temperature(chatty_model_dir):
+    greedy = cli_generate(chatty_model_dir)
+    assert len(greedy) == 2 and all(greedy)
+    assert cli_generate(chatty_model_dir, "--sample", "--temperature", "50") != greedy
     # --temperature only matters with --sample, and a temperature of 0 is greedy
-    assert cli_generate(tiny_model_dir, "--temperature", "50") == greedy
-    assert cli_generate(tiny_model_dir, "--sample", "--temperature", "0") == greedy
+    assert cli_generate(chatty_model_dir, "--temperature", "50") == greedy
+    assert cli_generate(chatty_model_dir, "--sample", "--temperature", "0") == greedy
 
 
-def test_cli_generate_bad_temperature_is_one_line_exit_2(tiny_model_dir, monkeypatch, capsys):
+def test_cli_generate_bad_temperature_is_one_line_exit_2(chatty_model_dir, monkeypatch, capsys):
     from smolora.cli import main
 
-    argv = ["smolora", "generate", str(tiny_model_dir), "hi", "--sample", "--temperature", "-1"]
+    argv = ["smolora", "generate", str(chatty_model_dir), "hi", "--sample", "--temperature", "-1"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
         main()
@@ -68,11 +83,12 @@ def test_cli_generate_bad_temperature_is_one_line_exit_2(tiny_model_dir, monkeyp
     assert exit_info.value.code == 2 and "temperature must be >= 0" in err and "Traceback" not in err
 
 
-def test_api_generate_do_sample_temperature_top_p(tiny_model_dir):
+def test_api_generate_do_sample_temperature_top_p(chatty_model_dir):
     from smolora import SmoLoRA
 
-    tuner = SmoLoRA(str(tiny_model_dir))
+    tuner = SmoLoRA(str(chatty_model_dir))
     greedy = tuner.generate(PROMPTS, max_new_tokens=12)
+    assert all(greedy)
     torch.manual_seed(0)
     hot = tuner.generate(PROMPTS, max_new_tokens=12, do_sample=True, temperature=50.0)
     assert hot != greedy
@@ -83,16 +99,17 @@ def test_api_generate_do_sample_temperature_top_p(tiny_model_dir):
     assert tuner.generate(PROMPTS, max_new_tokens=12, do_sample=True, temperature=50.0, top_p=1e-9) == greedy
 
 
-def test_ui_chat_streams_at_a_temperature(tiny_model_dir):
+def test_ui_chat_streams_at_a_temperature(chatty_model_dir):
     from smolora.ui.chat import stream_answer
 
     messages = [{"role": "user", "content": PROMPTS[0]}]
-    greedy = "".join(stream_answer(str(tiny_model_dir), messages, 12, temperature=0.0))
+    greedy = "".join(stream_answer(str(chatty_model_dir), messages, 12, temperature=0.0))
+    assert greedy.strip()
     torch.manual_seed(0)
-    hot = "".join(stream_answer(str(tiny_model_dir), messages, 12, temperature=50.0))
+    hot = "".join(stream_answer(str(chatty_model_dir), messages, 12, temperature=50.0))
     assert hot != greedy
     torch.manual_seed(0)
-    assert "".join(stream_answer(str(tiny_model_dir), messages, 12, temperature=50.0)) == hot
+    assert "".join(stream_answer(str(chatty_model_dir), messages, 12, temperature=50.0)) == hot
 
 
 def test_sampling_kwargs_is_greedy_unless_asked_and_hot_enough():
