@@ -179,3 +179,17 @@ def test_globs_and_directories_never_follow_symlinks_out(client, ws, outside):
     (data / "stolen.jsonl").unlink()
     view = client.post("/api/config/preview", json={"overrides": ["data.path=data"]}).json()
     assert view["ok"], view["problems"]  # a directory whose files all stay inside is fine
+
+
+def test_names_too_long_for_the_file_system_are_a_400(client):
+    # Found by schemathesis: a 300-character name reached Path.exists() and its OSError gave a 500.
+    long = "0" * 300
+    for method, path, body in [
+        ("POST", "/api/runs/eval", {"name": long}),
+        ("POST", "/api/models/pull", {"name": long}),
+        ("POST", "/api/data/inspect", {"path": long}),
+        ("POST", "/api/chat", {"model": long, "messages": []}),
+        ("GET", f"/api/runs/metrics?run={long}", None),
+    ]:
+        r = client.request(method, path, json=body)
+        assert r.status_code == 400 and "that long" in r.json()["error"], (path, r.status_code)

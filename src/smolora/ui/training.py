@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from smolora.config import RunConfig, apply_overrides, build_config
-from smolora.errors import ConfigError
+from smolora.errors import ConfigError, DatasetError
 from smolora.redact import mask_data
 from smolora.ui.jobs import cli_argv, start_job
 from smolora.ui.workspace import OutsideWorkspace, check_data_path, relative, safe_path
@@ -68,7 +68,7 @@ def workspace_problems(data: dict[str, Any], workspace: Path) -> list[dict[str, 
         try:
             # Data paths may be globs or directories: every file they expand to must stay inside.
             check_data_path(workspace, value) if key.startswith("data.") else safe_path(workspace, value)
-        except OutsideWorkspace as e:
+        except (OutsideWorkspace, DatasetError) as e:
             problems.append({"path": key, "message": str(e)})
     return problems
 

@@ -38,10 +38,17 @@ class OutsideWorkspace(ValueError):
     """A browser-supplied path that would leave the workspace (answered with 403)."""
 
 
+def check_length(user_path: str) -> None:
+    """Names the file system would refuse (ENAMETOOLONG) are a 400 here, not an OSError later."""
+    if len(user_path) > 4096 or any(len(part.encode()) > 255 for part in Path(user_path).parts):
+        raise ValueError(f"{user_path[:60]}...: a path or name that long cannot exist; use a shorter one")
+
+
 def safe_path(workspace: Path, user_path: str) -> Path:
     """Resolve `user_path` against the workspace; refuse anything that ends up outside it."""
     if not user_path or "\x00" in user_path:
         raise OutsideWorkspace("empty or invalid path")
+    check_length(user_path)
     root = workspace.resolve()
     p = Path(user_path).expanduser()
     target = (p if p.is_absolute() else root / p).resolve()
@@ -63,15 +70,13 @@ def check_data_path(workspace: Path, user_path: str) -> Path:
     symlinks that lead out; the loader would follow them, so they are refused here.
     """
     from smolora.data.read import expand_paths
-    from smolora.errors import DatasetError
 
     target = safe_path(workspace, user_path)
     if not any(c in user_path for c in "*?[") and not target.is_dir():
         return target
-    try:
-        files = expand_paths(str(target))
-    except DatasetError:
-        return target  # nothing matched: the loader says so itself, naming the pattern
+    # A pattern that matches nothing, or a directory without data, is a DatasetError right here,
+    # before any tokenizer is loaded for it.
+    files = expand_paths(str(target))
     root = workspace.resolve()
     for f in files:
         if not inside(root, f):
@@ -89,6 +94,7 @@ def model_ref(workspace: Path, name: str) -> str:
 
     if name in BUNDLED:
         return name
+    check_length(name)
     p = Path(name).expanduser()
     if p.is_absolute() or name.startswith((".", "~")) or (workspace / name).exists():
         return str(safe_path(workspace, name))
