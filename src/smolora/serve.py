@@ -123,7 +123,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-# Documented on every route, so the OpenAPI schema says what a client (or a fuzzer) may get back.
+# Documented per route, so the OpenAPI schema says what a client (or a fuzzer) may get back.
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": what}
     for status, what in [
@@ -135,6 +135,24 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "over --request-timeout"),
     ]
 }
+READ_ERRORS = {status: ERRORS[status] for status in (401, 404, 429)}
+
+
+def narrow_schema(schema: dict[str, Any], served: Served) -> dict[str, Any]:
+    """FastAPI's OpenAPI schema, narrowed to this server: its model names and its max_tokens cap,
+    so clients (and fuzzers) see what it really accepts instead of any string and 32768."""
+    names = {"enum": list(served.names)}
+    most = max(1, min(served.max_tokens_cap, served.context - 1))
+    for body in ("ChatRequest", "CompletionRequest"):
+        fields = schema["components"]["schemas"][body]["properties"]
+        fields["model"]["anyOf"] = [names, {"type": "null"}]
+        for key in ("max_tokens", "max_completion_tokens"):
+            for option in fields.get(key, {}).get("anyOf", []):
+                if option.get("type") == "integer":
+                    option["maximum"] = most
+    for parameter in schema["paths"]["/v1/models/{name}"]["get"]["parameters"]:
+        parameter["schema"] = {**parameter["schema"], **names}
+    return schema
 
 
 class APIError(Exception):
@@ -493,7 +511,14 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
         yield
         worker.cancel()
 
-    app = FastAPI(title="SmoLoRA", lifespan=lifespan, docs_url=None, redoc_url=None, responses=ERRORS)
+    app = FastAPI(title="SmoLoRA", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = narrow_schema(FastAPI.openapi(app), served)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     def error(status: int, message: str, param: str | None, code: str | None, headers: Any = None) -> Any:
         kind = (
@@ -557,15 +582,15 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
         }
         return {**state, "models": list(served.names)} if authorized(request) else state
 
-    @app.get("/v1/models", dependencies=[Depends(auth)])
+    @app.get("/v1/models", dependencies=[Depends(auth)], responses=READ_ERRORS)
     async def models():
         return {"object": "list", "data": [model_card(n) for n in served.names]}
 
-    @app.get("/v1/models/{name:path}", dependencies=[Depends(auth)])
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(auth)], responses=READ_ERRORS)
     async def model(name: str):
         return model_card(check_model(served, name))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
+    @app.post("/v1/chat/completions", dependencies=[Depends(auth)], responses=ERRORS)
     async def chat(req: ChatRequest, request: HTTPRequest):
         if req.logprobs or req.tools:
             raise APIError(
@@ -618,7 +643,7 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
             "usage": usage(jobs, n),
         }
 
-    @app.post("/v1/completions", dependencies=[Depends(auth)])
+    @app.post("/v1/completions", dependencies=[Depends(auth)], responses=ERRORS)
     async def completions(req: CompletionRequest, request: HTTPRequest):
         if req.echo or req.logprobs:
             raise APIError(
