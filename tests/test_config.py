@@ -100,3 +100,12 @@ def test_save_round_trip_and_schema(tmp_path):
     assert again.to_dict() == cfg.to_dict()
     schema = config_schema()
     assert set(schema["properties"]) == {"model", "data", "lora", "train", "eval", "output"}
+
+
+def test_keys_hypothesis_found_give_one_line_problems():
+    """A key named like pydantic's union tags (`literal[`) crashed; one holding a newline split the line."""
+    with pytest.raises(ConfigError, match=r"literal\[: unknown key"):
+        build_config({"literal[": 1})
+    with pytest.raises(ConfigError) as e:
+        build_config({"train": {"a\nb": 1, "c\rd": 2}})
+    assert len(str(e.value).splitlines()) == 3 and "a\\nb: unknown key" in str(e.value)

@@ -364,13 +364,19 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(model.model_fields)})"
 
 
+def _printable(text: str) -> str:
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(
-            p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[")))
-        )
-        path = excerpt(".".join(str(p) for p in loc), 100) or "(top level)"
+        tag = lambda p: isinstance(p, str) and p.startswith(("function-", "literal["))  # noqa: E731
+        # pydantic's union-branch tags are dropped; an unknown key is the user's, whatever it reads.
+        keep_last = e["type"] == "extra_forbidden"
+        loc = tuple(p for i, p in enumerate(e["loc"]) if not tag(p) or (keep_last and i == len(e["loc"]) - 1))
+        # A key is user text: a newline or escape code in it must not start a line of its own.
+        path = excerpt(_printable(".".join(str(p) for p in loc)), 100) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key{_did_you_mean(loc)}")
         else:
