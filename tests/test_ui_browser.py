@@ -40,6 +40,7 @@ CHROMIUM_ARGS = [
 ]
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "img"
 WAIT_MS = 240_000  # the longest any one wait may take (model loads on a busy 2-core machine)
+TOKEN = "browser-token-0123456789abcdef"  # given as SMOLORA_UI_TOKEN, as a user may
 QA_ROWS = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(40)]
 
 
@@ -124,7 +125,7 @@ def server(workspace, tmp_path_factory):
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "smolora.cli", "ui", "--port", str(port), "--workspace", str(workspace)],
-        env={**os.environ, "SMOLORA_HOME": str(home), "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "SMOLORA_HOME": str(home), "HF_HUB_OFFLINE": "1", "SMOLORA_UI_TOKEN": TOKEN},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -132,7 +133,7 @@ def server(workspace, tmp_path_factory):
     deadline = time.time() + 180
     while True:
         try:
-            urllib.request.urlopen(url + "api/info", timeout=5).read()
+            urllib.request.urlopen(url, timeout=5).read()  # the page needs no token; the API does
             break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
@@ -165,8 +166,9 @@ def page(browser, server):
     page.set_default_timeout(30_000)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server)
+    page.goto(f"{server}?token={TOKEN}")  # the URL smolora ui prints; the cookie does the rest
     page.wait_for_selector("body[data-ready='1']")
+    assert "token" not in page.url
     yield page
     context.close()
     assert not errors, f"JavaScript errors in the page: {errors}"
@@ -320,3 +322,18 @@ def test_models_view_pulls_verifies_and_lists(page):
     page.wait_for_selector("#models-notice .notice-ok")
     assert "match their sha256" in page.text_content("#models-notice")
     screenshot(page, "models")
+
+
+def test_without_the_token_the_page_asks_for_the_printed_link(browser, server):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server)
+    page.wait_for_selector("body[data-ready='locked']")
+    assert "?token=" in page.text_content("#token-needed")
+    status = page.evaluate("fetch('/api/info').then(r => r.status)")
+    assert status == 401
+    page.goto(f"{server}?token={TOKEN}")
+    page.wait_for_selector("body[data-ready='1']")
+    framed = page.evaluate("fetch('/').then(r => r.headers.get('content-security-policy'))")
+    assert "frame-ancestors 'none'" in framed
+    context.close()
