@@ -337,3 +337,12 @@ def test_without_the_token_the_page_asks_for_the_printed_link(browser, server):
     framed = page.evaluate("fetch('/').then(r => r.headers.get('content-security-policy'))")
     assert "frame-ancestors 'none'" in framed
     context.close()
+
+
+def test_the_form_says_which_values_are_masked_in_the_config_it_writes(page):
+    open_view(page, "train")
+    page.fill('[name="data.path"]', "qa.jsonl")
+    page.fill('[name="data.system_prompt"]', "Use hf_" + "Ab1" * 10 + " here")
+    page.wait_for_selector("#form-problems .notice-info")
+    assert "data.system_prompt" in page.text_content("#form-problems")
+    assert "hf_Ab1" not in page.text_content("#preview-yaml")

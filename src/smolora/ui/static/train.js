@@ -194,7 +194,9 @@ async function refreshPreview() {
       node.closest("details").open = true;
     } else general.push(`${p.path ? p.path + ": " : ""}${p.message}`);
   }
-  notice($("#form-problems"), general.length ? "error" : "", general.join("\n"));
+  // Tokens and keys are masked in the config file the UI writes, and training reads that file.
+  const masked = (view.masked || []).length ? `masked in ${view.config_file} (they look like a token or key): ${view.masked.join(", ")}` : "";
+  notice($("#form-problems"), general.length ? "error" : masked ? "info" : "", general.length ? general.join("\n") : masked);
   $("#preview-yaml").textContent = view.yaml;
   $("#preview-command").textContent = `${view.command}\n\n# the same, without a file:\n${view.set_command}`;
   $("#config-state").replaceChildren(
