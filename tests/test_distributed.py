@@ -113,6 +113,7 @@ def test_only_rank_zero_writes_one_complete_run_directory(two_proc_run, tiny_mod
     run = two_proc_run["run"]
     assert sorted(p.name for p in run.parent.iterdir()) == ["two"]
     assert sorted(p.name for p in run.iterdir()) == [
+        ".smolora-run",  # the run marker (runs.RUN_MARKER)
         "adapter",
         "checkpoints",
         "config.yaml",
