@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -232,6 +233,9 @@ DATA_CASES: dict[str, Callable[[Path], None]] = {
     "dir_named.jsonl": _mkdir({}),
     "glob_*.nomatch": lambda p: None,  # a pattern that matches nothing
     "broken_symlink.jsonl": lambda p: p.symlink_to(p.parent / "nowhere" / "target.jsonl"),
+    # Not regular files: opening a FIFO waits for a writer, /dev/zero never ends.
+    "fifo.jsonl": lambda p: os.mkfifo(p),
+    "dev_zero_link.jsonl": lambda p: p.symlink_to("/dev/zero"),
     "hf_corrupt_state": lambda p: _hf_dir(p, {"state.json": b'{"_data_files": [{"filename": '}),
     "hf_state_wrong_shape": lambda p: _hf_dir(p, {"state.json": b"[1, 2, 3]"}),
     "hf_dataset_info_junk": lambda p: _hf_dir(p, {"dataset_info.json": _junk(300, 6)}),

@@ -53,6 +53,8 @@ EXPECTED_READ = {
     "only_unsupported_files": "directory holds no data files",
     "glob_*.nomatch": "the pattern matched no files",
     "hf_corrupt_state": "could not read",
+    "fifo.jsonl": "fifo.jsonl: a FIFO (named pipe), not a regular file",
+    "dev_zero_link.jsonl": "dev_zero_link.jsonl: a device, not a regular file",
     "huge_junk_line.jsonl": "huge_junk_line.jsonl:1: a record of 100 MiB above the limit of 16 MiB",
     "huge_unterminated.jsonl": "huge_unterminated.jsonl:1: a record of 100 MiB",
     "huge_valid_line.jsonl": "huge_valid_line.jsonl:1: a record of 100 MiB",

@@ -28,7 +28,7 @@ from smolora.config import DataSection, RunConfig
 from smolora.data.arrow import encode_to_arrow
 from smolora.data.clean import clean_examples
 from smolora.data.formats import detect_format, to_examples
-from smolora.data.read import expand_paths, is_hub_name, read_records
+from smolora.data.read import expand_paths, is_hub_name, open_data, read_records
 from smolora.data.render import IGNORE, encode_examples, ensure_chat_template
 from smolora.errors import DatasetError
 
@@ -52,7 +52,10 @@ def smolora_home() -> Path:
 
 
 def load_examples(path: str | list[str], data: DataSection) -> tuple[list[dict], str, dict, dict]:
-    """(clean examples, shape, mapping, cleaning counts) for one input: train or val."""
+    """(clean examples, shape, mapping, cleaning counts) for one input: train or val.
+
+    `data.max_examples` stops the reading itself: a 50 GB file with max_examples=1000 reads 1000 rows.
+    """
     data = data.model_copy(update={"path": path})  # error messages name this input
     records = read_records(path, data.text_mode, data.split, data.max_examples)
     fmt, mapping = detect_format(records, data)
@@ -103,7 +106,7 @@ def _hash_source(path: str | list[str] | None, h) -> None:
 
 def _file_sha256(path: Path) -> bytes:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_data(path) as fh:  # a regular file: hashing a FIFO or /dev/zero would never end
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.digest()

@@ -4,6 +4,13 @@ A record is one plain dict (a JSON object, a CSV row, a line of text). Several f
 merged in order. Every problem with a file becomes a `DatasetError` that names the file
 and, where there is one, the 1-based line.
 
+Reading is bounded: only regular files are opened (a FIFO, a device or a link to /dev/zero
+named `x.jsonl` would block or never end); JSON Lines, CSV and text are read a line at a
+time and parquet a record batch at a time, so `max_examples` stops the reading itself;
+no record above MAX_RECORD_CHARS; and what `read_records` holds in memory is capped
+(SMOLORA_MAX_DATA_BYTES, default 2 GiB of text), with the way out in the message.
+Directories and globs stay inside their tree: links out of it are refused.
+
 Run as:
     records = read_records(["data/a.jsonl", "data/more/*.csv"], max_examples=1000)
     print(len(records), records[0])
@@ -13,11 +20,14 @@ from __future__ import annotations
 
 import codecs
 import glob
-import io
 import json
+import os
 import re
+import stat
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from smolora.errors import DatasetError, excerpt
 
@@ -30,6 +40,14 @@ _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # One record (a line, a row, a whole-file text) above this is not a training example, and
 # tokenizing it at once would not fit: 16 MiB of text took 22 s and 2.7 GB (SmolLM2 tokenizer).
 MAX_RECORD_CHARS = 16 << 20
+# A line read in bytes: past this it holds more than MAX_RECORD_CHARS characters whatever they are.
+MAX_LINE_BYTES = 4 * MAX_RECORD_CHARS + 1
+# Text `read_records` may hold in memory; more wants data.streaming (or data.max_examples).
+MAX_BYTES_ENV = "SMOLORA_MAX_DATA_BYTES"
+DEFAULT_MAX_BYTES = 2 << 30
+CSV_CHUNK_ROWS = 10_000  # rows pandas parses at a time
+PARQUET_BATCH_ROWS = 256  # rows decoded at a time
+PARQUET_SLICE_BYTES = 16 << 20  # at most this much of a batch turned into Python objects at once
 # A \ud800-\udfff escape: JSON can spell a lone UTF-16 surrogate, which no tokenizer accepts.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 SURROGATE_HINT = "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair): not valid text"
@@ -52,14 +70,116 @@ def is_hub_name(item: str) -> bool:
     )
 
 
+def max_data_bytes() -> int:
+    """The cap on text `read_records` holds: SMOLORA_MAX_DATA_BYTES, default 2 GiB."""
+    value = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    try:
+        return max(1, int(float(value)))
+    except ValueError:
+        raise DatasetError(
+            f"{MAX_BYTES_ENV}={value!r}: expected a number of bytes, e.g. 8000000000"
+        ) from None
+
+
+def too_big(where: Path | str, limit: int) -> str:
+    if limit >= 1 << 30:
+        size = f"{limit / 2**30:.1f} GiB"
+    else:
+        size = f"{limit / 2**20:.0f} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
+    return (
+        f"{where}: more than {size} of data to hold in memory; stream it "
+        "(--set data.streaming=true with train.max_steps), read fewer rows (data.max_examples), "
+        f"or raise the limit: {MAX_BYTES_ENV}=<bytes>"
+    )
+
+
+def check_regular(path: Path) -> Path:
+    """`path` if it is a regular file once links are followed; a DatasetError before anything opens it.
+
+    A FIFO blocks the reader until someone writes, a device (/dev/zero, /dev/urandom) never
+    ends: neither is data, whatever its name.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise DatasetError(f"{path}: no such file{broken}") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read it ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a file"
+        )
+        raise DatasetError(
+            f"{path}: {kind}, not a regular file; reading it could block or never end: give a data file"
+        )
+    return path
+
+
+def open_data(path: Path) -> IO[bytes]:
+    """Open a data file for reading, refusing anything but a regular file (checked on the open file)."""
+    check_regular(path)
+    # O_NONBLOCK: were it swapped for a FIFO since the check, open() must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DatasetError(f"{path}: not a regular file (it changed while being opened); give a data file")
+    return os.fdopen(fd, "rb")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _out_of_tree(path: Path, root: Path, what: str) -> DatasetError:
+    return DatasetError(
+        f"{path}: a link to {path.resolve()}, outside {what} {root}; data found there is read only from "
+        "inside it (give the file itself if you mean it)"
+    )
+
+
+def _glob(pattern: str) -> list[Path]:
+    """Matches of a glob pattern, sorted, never through a link out of the pattern's own directory.
+
+    `**` does not descend into linked directories (pathlib), so a link to / or a link loop
+    is not walked; a `*` that matches a link out of the tree is refused, not followed.
+    """
+    parts = Path(pattern).expanduser().parts
+    n = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root, rest = Path(*parts[:n]) if n else Path("."), parts[n:]
+    if not rest:
+        return [root] if root.exists() else []
+    hidden_ok = any(part.startswith(".") for part in rest)  # as glob.glob: `*` skips dot names
+    out = []
+    for m in sorted(root.glob(str(Path(*rest)))):
+        below = m.relative_to(root).parts
+        if not hidden_ok and any(part.startswith(".") for part in below):
+            continue
+        if not _inside(m, root):
+            raise _out_of_tree(m, root, "the directory of the pattern")
+        out.append(m)
+    return out
+
+
 def expand_paths(path: str | list[str]) -> list[Path]:
-    """Files, lists, globs (sorted) and directories -> the data files, in order."""
+    """Files, lists, globs (sorted) and directories -> the data files, in order.
+
+    Every file is checked to be a regular file here, before anything reads or hashes it.
+    """
     out: list[Path] = []
     for item in [path] if isinstance(path, (str, Path)) else path:
         item = str(item)
         if any(c in item for c in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(str(Path(item).expanduser()), recursive=True))
-            files = [m for m in matches if m.is_file() or is_hf_dir(m)]
+            matches = _glob(item)
+            files = [m if m.is_dir() else check_regular(m) for m in matches if not m.is_dir() or is_hf_dir(m)]
             if not files:
                 raise DatasetError(f"{item}: the pattern matched no files")
             out += files
@@ -68,19 +188,39 @@ def expand_paths(path: str | list[str]) -> list[Path]:
         if not p.exists():
             raise DatasetError(f"{item}: no such file")
         if p.is_dir() and not is_hf_dir(p):
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in SUPPORTED
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            files = []
+            # rglob does not descend into linked directories; a linked file must stay in the tree.
+            for f in sorted(p.rglob("*")):
+                below = f.relative_to(p).parts
+                if f.is_dir() or f.suffix.lower() not in SUPPORTED or any(x.startswith(".") for x in below):
+                    continue
+                if not _inside(f, p):
+                    raise _out_of_tree(f, p, "the directory")
+                files.append(check_regular(f))
             if not files:
                 raise DatasetError(f"{item}: directory holds no data files (supported: {_supported()})")
             out += files
+        elif not p.is_dir():
+            out.append(check_regular(p))
         else:
             out.append(p)
     return out
+
+
+def record_size(record: dict) -> int:
+    """Characters of text in a record, nested values included (iterative: no recursion limit)."""
+    total, stack = 0, [record]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, dict):
+            stack += value.values()
+        elif isinstance(value, (list, tuple)):
+            stack += value
+        else:
+            total += 8
+    return total
 
 
 def read_records(
@@ -88,64 +228,107 @@ def read_records(
     text_mode: str = "whole",
     split: str = "train",
     max_examples: int | None = None,
+    max_bytes: int | None = None,
 ) -> list[dict]:
-    """All records of all inputs, merged in order, at most `max_examples` of them."""
+    """All records of all inputs, merged in order; reading stops once `max_examples` are in.
+
+    At most `max_bytes` (default SMOLORA_MAX_DATA_BYTES, 2 GiB) of text is held: past it a
+    DatasetError says how to stream the data instead.
+    """
+    limit = max_bytes or max_data_bytes()
     records: list[dict] = []
+    used = 0
+
+    def full() -> bool:
+        return max_examples is not None and len(records) >= max_examples
+
     for item in [path] if isinstance(path, (str, Path)) else path:
-        if max_examples is not None and len(records) >= max_examples:
+        if full():
             break
         if isinstance(item, str) and not any(c in item for c in "*?[") and is_hub_name(item):
-            records += _read_hub(item, split, max_examples)
+            left = max_examples - len(records) if max_examples is not None else None
+            records += _read_hub(item, split, left)
             continue
         for file in expand_paths(item):
-            records += read_file(file, text_mode, split)
-            if max_examples is not None and len(records) >= max_examples:
+            if full():
                 break
-    return records[:max_examples] if max_examples is not None else records
+            with closing(iter_records(file, text_mode, split, limit - used)) as rows:
+                for record in rows:
+                    used += record_size(record)
+                    if used > limit:
+                        raise DatasetError(too_big(file, limit))
+                    records.append(record)
+                    if full():
+                        break
+    return records
 
 
-def read_file(path: Path, text_mode: str = "whole", split: str = "train") -> list[dict]:
+def read_file(
+    path: Path, text_mode: str = "whole", split: str = "train", max_bytes: int | None = None
+) -> list[dict]:
     """One file (or saved dataset dir) -> records; any failure becomes a DatasetError."""
+    return list(iter_records(path, text_mode, split, max_bytes))
+
+
+def iter_records(
+    path: Path, text_mode: str = "whole", split: str = "train", max_bytes: int | None = None
+) -> Iterator[dict]:
+    """The records of one file (or saved dataset dir) as they are read; stop early by closing it.
+
+    `max_bytes`: what a file read whole (a JSON document, UTF-16 text) or a parquet file may
+    decode to. Any failure becomes a DatasetError naming the file.
+    """
+    n = 0
     try:
         suffix = path.suffix.lower()
         if is_hf_dir(path):
-            records = _read_hf_dir(path, split)
+            rows: Iterable[dict] = _read_hf_dir(path, split)
         elif suffix not in SUPPORTED:
             raise DatasetError(
                 f"{path}: unsupported file type '{suffix or '(none)'}'; supported: {_supported()}"
             )
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            if path.stat().st_size == 0:
-                raise DatasetError(f"{path}: empty file")
-            records = pq.read_table(path).to_pylist()
-            check_record_sizes(records, path)  # compressed: a small file can hold a huge string
         else:
-            text = _decode(path)
-            if suffix in (".jsonl", ".ndjson"):
-                records = _parse_jsonl(text, path)
-            elif suffix == ".json":
-                records = _parse_json(text, path, split)
-            elif suffix in (".csv", ".tsv"):
-                _check_line_lengths(text, path)  # before pandas, which holds several copies of a long line
-                records = _parse_csv(text, path, "\t" if suffix == ".tsv" else ",")
-            elif text_mode == "lines":
-                _check_line_lengths(text, path)
-                records = [{"text": line} for line in text.split("\n") if line.strip()]
-            else:
-                if len(text) > MAX_RECORD_CHARS:
-                    raise DatasetError(too_long(str(path), len(text), "or set data.text_mode=lines"))
-                records = [{"text": text}]
-            if suffix in (".json", ".csv", ".tsv") and len(text) > MAX_RECORD_CHARS:
-                check_record_sizes(records, path)
+            f = open_data(path)
+            rows = _read_opened(f, path, suffix, text_mode, split, max_bytes)
+        for record in rows:
+            n += 1
+            yield record
     except DatasetError:
         raise
     except Exception as e:  # a bad file must never surface as a raw traceback
         raise DatasetError(f"{path}: could not read ({type(e).__name__}: {excerpt(e)})") from None
-    if not records:
+    if not n:
         raise DatasetError(f"{path}: no records")
-    return records
+
+
+def _read_opened(
+    f: IO[bytes], path: Path, suffix: str, text_mode: str, split: str, max_bytes: int | None
+) -> Iterator[dict]:
+    with f:
+        if suffix == ".parquet":
+            if os.fstat(f.fileno()).st_size == 0:
+                raise DatasetError(f"{path}: empty file")
+            yield from parquet_records(f, path, max_bytes=max_bytes)
+        elif suffix in (".jsonl", ".ndjson"):
+            yield from _jsonl_records(text_lines(f, path, max_bytes), path)
+        elif suffix == ".json":
+            text = _read_whole(f, path, max_bytes)
+            records = _parse_json(text, path, split)
+            if len(text) > MAX_RECORD_CHARS:
+                check_record_sizes(records, path)
+            yield from records
+        elif suffix in (".csv", ".tsv"):
+            yield from _csv_records(text_lines(f, path, max_bytes), path, "\t" if suffix == ".tsv" else ",")
+        elif text_mode == "lines":
+            yield from ({"text": line} for _, line in text_lines(f, path, max_bytes) if line.strip())
+        else:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_LINE_BYTES:  # more characters than the limit, whatever they are
+                raise DatasetError(too_long(str(path), size, "or set data.text_mode=lines"))
+            text = _read_whole(f, path, MAX_LINE_BYTES)
+            if len(text) > MAX_RECORD_CHARS:
+                raise DatasetError(too_long(str(path), len(text), "or set data.text_mode=lines"))
+            yield {"text": text}
 
 
 def too_long(where: str, chars: int | None = None, fix: str = "") -> str:
@@ -154,16 +337,6 @@ def too_long(where: str, chars: int | None = None, fix: str = "") -> str:
         f"{where}: {size} above the limit of {MAX_RECORD_CHARS >> 20} MiB per record (tokenizing that much "
         f"text at once takes many GB); split it into smaller records{' ' + fix if fix else ''}"
     )
-
-
-def _check_line_lengths(text: str, path: Path) -> None:
-    """DatasetError at the first line above MAX_RECORD_CHARS (only a text that long can hold one)."""
-    if len(text) <= MAX_RECORD_CHARS:
-        return
-    lines = text.split("\n")
-    if max(map(len, lines)) > MAX_RECORD_CHARS:
-        lineno, line = next((i, x) for i, x in enumerate(lines, 1) if len(x) > MAX_RECORD_CHARS)
-        raise DatasetError(too_long(f"{path}:{lineno}", len(line)))
 
 
 def check_record_sizes(records: list[dict], path: Path | str, first: int = 1) -> None:
@@ -188,35 +361,87 @@ def json_problem(e: json.JSONDecodeError) -> str:
     return f"{e.msg.removesuffix(' at')} at column {e.colno}"
 
 
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
+def _decode(data: bytes, path: Path, line: int | None = None, offset: int = 0) -> str:
+    """UTF-8 text (the BOM Excel writes dropped at the start of a file); bad bytes and NULs are named.
+
+    `line`: the line `data` is (else counted in it); `offset`: where `data` starts in the file.
+    """
+    try:
+        text = data.decode("utf-8-sig" if offset == 0 else "utf-8")
+    except UnicodeDecodeError as e:
+        where = line if line is not None else data.count(b"\n", 0, e.start) + 1
+        raise DatasetError(
+            f"{path}:{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start}); "
+            "is it a binary file? Re-save text data as UTF-8"
+        ) from None
+    if "\x00" in text:
+        where = line if line is not None else text.count("\n", 0, text.index("\x00")) + 1
+        raise DatasetError(f"{path}:{where}: holds NUL bytes (a binary file, or UTF-16 without a BOM?)")
+    return text
+
+
+def _is_utf16(f: IO[bytes]) -> bool:
+    head = f.read(2)
+    f.seek(0)
+    return head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _read_whole(f: IO[bytes], path: Path, max_bytes: int | None) -> str:
+    """A file read at once (a JSON document, a whole text), never more than `max_bytes` of it."""
+    limit = max_bytes if max_bytes is not None else max_data_bytes()
+    if os.fstat(f.fileno()).st_size > limit:
+        raise DatasetError(too_big(path, limit))
+    data = f.read(limit + 1)  # bounded even if the file grows meanwhile
+    if len(data) > limit:
+        raise DatasetError(too_big(path, limit))
     if not data.strip():
         raise DatasetError(f"{path}: empty file")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16")
-    try:
-        text = data.decode("utf-8-sig")  # plain UTF-8, and UTF-8 with the BOM Excel writes
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DatasetError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-            "is it a binary file? Re-save text data as UTF-8"
-        ) from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise DatasetError(f"{path}:{line}: holds NUL bytes (a binary file, or UTF-16 without a BOM?)")
-    return text
+    return _decode(data, path)
 
 
-def _parse_jsonl(text: str, path: Path) -> list[dict]:
-    records = []
-    # split("\n"), not splitlines(): U+2028 and friends are legal inside JSON strings.
-    escapes = _SURROGATE_ESCAPE.search(text) is not None
-    for lineno, line in enumerate(text.split("\n"), 1):
+def text_lines(f: IO[bytes], path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline) of a text file, one line in memory at a time.
+
+    Lines end at "\n" only (U+2028 and friends are legal inside JSON strings). A line above
+    MAX_RECORD_CHARS is a DatasetError before it is decoded or parsed; a file of blank lines is
+    an empty file. UTF-16 (with its BOM) is decoded whole, within `max_bytes`.
+    """
+    seen = False
+    if _is_utf16(f):
+        lines: Iterable[tuple[int, str]] = enumerate(_read_whole(f, path, max_bytes).split("\n"), 1)
+    else:
+        lines = _utf8_lines(f, path)
+    for lineno, line in lines:
+        if len(line) > MAX_RECORD_CHARS:
+            raise DatasetError(too_long(f"{path}:{lineno}", len(line)))
+        seen = seen or bool(line.strip())
+        yield lineno, line
+    if not seen:
+        raise DatasetError(f"{path}: empty file")
+
+
+def _utf8_lines(f: IO[bytes], path: Path) -> Iterator[tuple[int, str]]:
+    offset, lineno = 0, 0
+    while raw := f.readline(MAX_LINE_BYTES):
+        lineno += 1
+        if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            # Far above the limit: count the rest a MiB at a time for the message, never holding it.
+            size = len(raw)
+            while rest := f.readline(1 << 20):
+                size += len(rest)
+                if rest.endswith(b"\n"):
+                    break
+            raise DatasetError(too_long(f"{path}:{lineno}", size))
+        yield lineno, _decode(raw, path, lineno, offset).removesuffix("\n")
+        offset += len(raw)
+
+
+def _jsonl_records(lines: Iterable[tuple[int, str]], path: Path) -> Iterator[dict]:
+    for lineno, line in lines:
         if not line.strip():
             continue
-        if len(line) > MAX_RECORD_CHARS:  # before parsing: no time spent on a 100 MB line
-            raise DatasetError(too_long(f"{path}:{lineno}", len(line)))
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -225,10 +450,9 @@ def _parse_jsonl(text: str, path: Path) -> list[dict]:
             raise DatasetError(f"{path}:{lineno}: cannot read this JSON ({excerpt(e, 120)})") from None
         if not isinstance(obj, dict):
             raise DatasetError(f"{path}:{lineno}: expected a JSON object per line, got {_kind(obj)}")
-        if escapes and lone_surrogate(obj):
+        if _SURROGATE_ESCAPE.search(line) is not None and lone_surrogate(obj):
             raise DatasetError(f"{path}:{lineno}: {SURROGATE_HINT}")
-        records.append(obj)
-    return records
+        yield obj
 
 
 def _parse_json(text: str, path: Path, split: str) -> list[dict]:
@@ -236,7 +460,7 @@ def _parse_json(text: str, path: Path, split: str) -> list[dict]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # a .json file that is really JSON Lines: common enough to accept
-            return _parse_jsonl(text, path)
+            return list(_jsonl_records(enumerate(text.split("\n"), 1), path))
         raise DatasetError(f"{path}:{e.lineno}: not valid JSON ({json_problem(e)})") from None
     rows = data if isinstance(data, list) else _list_in_dict(data, path, split)
     escapes = _SURROGATE_ESCAPE.search(text) is not None
@@ -270,12 +494,50 @@ def _list_in_dict(data: Any, path: Path, split: str) -> list:
     )
 
 
-def _parse_csv(text: str, path: Path, sep: str) -> list[dict]:
+class _LinesFile:
+    """A read()-able view of checked text lines, so pandas parses a file a chunk at a time."""
+
+    def __init__(self, lines: Iterator[tuple[int, str]]):
+        self.lines, self.buffer = lines, ""
+
+    def read(self, size: int = -1) -> str:
+        pieces, n = [self.buffer], len(self.buffer)
+        while size < 0 or n < size:
+            item = next(self.lines, None)
+            if item is None:
+                break
+            pieces.append(item[1] + "\n")
+            n += len(pieces[-1])
+        text = "".join(pieces)
+        cut = len(text) if size < 0 else size
+        self.buffer = text[cut:]
+        return text[:cut]
+
+    def __iter__(self) -> Iterator[str]:
+        while text := self.read(1 << 16):
+            yield text
+
+
+def _csv_records(lines: Iterator[tuple[int, str]], path: Path, sep: str) -> Iterator[dict]:
     import pandas as pd
 
+    n, first = 0, 1
     try:
         # dtype=str, no NA parsing: "007" stays "007" and "NA" stays text.
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+        chunks = pd.read_csv(
+            _LinesFile(lines),
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            chunksize=CSV_CHUNK_ROWS,
+        )
+        for df in chunks:
+            rows = df.to_dict("records")
+            check_record_sizes(rows, path, first)  # a quoted field can span many lines
+            first += len(rows)
+            n += len(rows)
+            yield from rows
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{path}: empty file") from None
     except pd.errors.ParserError as e:
@@ -283,22 +545,99 @@ def _parse_csv(text: str, path: Path, sep: str) -> list[dict]:
         m = re.search(r"line (\d+)", msg)
         where = f"{path}:{m.group(1)}" if m else str(path)
         raise DatasetError(f"{where}: not valid {'TSV' if sep == chr(9) else 'CSV'} ({msg})") from None
-    if df.empty:
+    if not n:
         raise DatasetError(f"{path}: no rows (only a header line?)")
-    return df.to_dict("records")
 
 
-def _read_hf_dir(path: Path, split: str) -> list[dict]:
+def parquet_records(
+    source: IO[bytes] | str,
+    path: Path | str,
+    row_groups: list[int] | None = None,
+    max_bytes: int | None = None,
+) -> Iterator[dict]:
+    """Rows of a parquet file (or some of its row groups), a record batch at a time.
+
+    A parquet file is compressed and dictionary-encoded: a few MB can hold the same 1 MB string
+    in a million rows, GBs once decoded. Text columns are therefore read as dictionaries and
+    each batch's decoded size is computed from them before any Python string is made: a row
+    above the record limit, or more than `max_bytes` in all, is refused before it is expanded.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pq.ParquetFile(source).schema_arrow
+    text = [f.name for f in schema if _is_text(pa, f.type)]
+    if hasattr(source, "seek"):
+        source.seek(0)
+    reader = pq.ParquetFile(source, read_dictionary=text)
+    decoded, first = 0, 1
+    for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=row_groups):
+        sizes = _row_bytes(batch, pa, pc)
+        big = max(sizes, default=0)
+        if big >= MAX_LINE_BYTES:  # more characters than the limit, whatever they are
+            raise DatasetError(too_long(f"{path}: record {first + sizes.index(big)}", big))
+        start = 0
+        while start < len(sizes):  # into Python objects a slice at a time, counted before it is made
+            end, acc = start, 0
+            while end < len(sizes) and (end == start or acc + sizes[end] <= PARQUET_SLICE_BYTES):
+                acc, end = acc + sizes[end], end + 1
+            decoded += acc
+            if max_bytes is not None and decoded > max_bytes:
+                raise DatasetError(too_big(path, max_bytes))
+            rows = batch.slice(start, end - start).to_pylist()
+            check_record_sizes(rows, path, first + start)
+            yield from rows
+            start = end
+        first += batch.num_rows
+
+
+def _is_text(pa, t) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    )
+
+
+def _row_bytes(batch, pa, pc) -> list[int]:
+    """Decoded bytes of each row of a record batch, from the dictionaries (nothing is expanded)."""
+    n = batch.num_rows
+    sizes = [0] * n
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type) and _is_text(pa, column.type.value_type):
+            lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+        elif _is_text(pa, column.type):
+            lengths = pc.binary_length(column)
+        else:  # numbers, lists, structs: as decoded by Arrow, spread over the rows
+            lengths = pa.array([column.nbytes // max(1, n)] * n)
+        sizes = [a + b for a, b in zip(sizes, lengths.fill_null(0).to_pylist(), strict=True)]
+    return sizes
+
+
+def check_hf_dir(path: Path) -> Path:
+    """A saved dataset directory whose files are all regular files (datasets opens them by name)."""
+    for f in path.rglob("*"):
+        if not f.is_dir():
+            check_regular(f)
+    return path
+
+
+def _read_hf_dir(path: Path, split: str) -> Iterator[dict]:
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    ds = datasets.load_from_disk(str(check_hf_dir(path)))  # memory-mapped: rows read when asked for
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DatasetError(f"{path}: no split '{split}' (found {list(ds)}); set data.split")
         ds = ds[split]
-    records = ds.to_list()
-    check_record_sizes(records, path)
-    return records
+    first = 1
+    for batch in ds.iter(batch_size=PARQUET_BATCH_ROWS):
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        check_record_sizes(rows, path, first)
+        first += len(rows)
+        yield from rows
 
 
 def _read_hub(name: str, split: str, max_examples: int | None) -> list[dict]:

@@ -37,13 +37,16 @@ from smolora.data.pipeline import FEATURES, encode_rows, load_examples
 from smolora.data.read import (
     MAX_RECORD_CHARS,
     SURROGATE_HINT,
+    check_hf_dir,
     check_record_sizes,
     expand_paths,
     is_hf_dir,
     is_hub_name,
+    iter_records,
     json_problem,
     lone_surrogate,
-    read_file,
+    open_data,
+    parquet_records,
     too_long,
 )
 from smolora.data.render import ensure_chat_template
@@ -101,8 +104,15 @@ def _unless_broken(path: Path | str, fn, *args):
         raise DatasetError(f"{path}: could not read ({type(e).__name__}: {excerpt(e)})") from None
 
 
+def _guarded(path: str, rows: Iterator[dict]) -> Iterator[dict]:
+    """`rows`, a damaged file's errors (ArrowInvalid, ...) turned into DatasetErrors naming it."""
+    end = object()
+    while (row := _unless_broken(path, next, rows, end)) is not end:
+        yield row
+
+
 def _load_dir(path: Path, split: str = "train") -> datasets.Dataset:
-    ds = datasets.load_from_disk(str(path))  # memory-mapped: nothing is read until asked for
+    ds = datasets.load_from_disk(str(check_hf_dir(path)))  # memory-mapped: nothing read until asked for
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DatasetError(f"{path}: no split '{split}' (found {list(ds)}); set data.split")
@@ -116,7 +126,7 @@ def _lines(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
     A line longer than MAX_RECORD_CHARS bytes comes cut at one byte past the limit (no newline),
     so a 100 MB line is never held whole.
     """
-    with open(path, "rb") as f:
+    with open_data(Path(path)) as f:  # a regular file: a FIFO or a device would never end
         if start > 0:
             f.seek(start - 1)
             # Finish the line that began before our range (it belongs to the previous shard), a MiB at a time.
@@ -139,16 +149,13 @@ def read_shard(shard: tuple, text_mode: str = "whole", split: str = "train") -> 
         for i, row in enumerate(rows, a + 1):
             check_record_sizes([row], path, first=i)
             yield row
-    elif kind == "rowgroup":
-        import pyarrow.parquet as pq
-
-        rows = _unless_broken(path, lambda: pq.ParquetFile(path).read_row_group(a).to_pylist())
-        check_record_sizes(rows, f"{path} (row group {a})")
-        yield from rows
+    elif kind == "rowgroup":  # a batch at a time, its decoded size checked before it is expanded
+        with open_data(Path(path)) as f:
+            yield from _guarded(path, parquet_records(f, f"{path} (row group {a})", [a]))
     elif kind == "bytes":
         yield from _line_records(path, a, b)
-    else:  # CSV, JSON and whole-text files are read whole: use JSONL or parquet for data beyond RAM
-        yield from read_file(Path(path), text_mode, split)
+    else:  # CSV a chunk at a time; JSON and whole-text files whole: use JSONL or parquet beyond RAM
+        yield from iter_records(Path(path), text_mode, split)
 
 
 def _line_records(path: str, start: int, end: int) -> Iterator[dict]:
