@@ -151,3 +151,32 @@ def test_resume_trains_in_place(tiny_model_dir, qa_file, tmp_path):
     cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=4", "train.save_every=2")
     run = train(cfg, show_progress=False)
     assert prepare_run_dir(cfg, resume=True) == run  # no staging for --resume of the run itself
+
+
+def test_an_empty_folder_the_user_made_is_trained_into(tiny_model_dir, qa_file, tmp_path):
+    """`mkdir runs/x` first is common; an empty folder holds nothing to lose, so it becomes the run."""
+    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=1", "output.name=made-by-me")
+    cfg.run_dir.mkdir(parents=True)
+    assert prepare_run_dir(cfg, resume=False) == cfg.run_dir
+    assert is_marked(cfg.run_dir)
+
+
+def test_the_api_names_a_dot_output_dir_by_the_folder_it_is(tmp_path, monkeypatch):
+    from smolora import SmoLoRA
+
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    tuner = SmoLoRA("tiny", dataset="qa.jsonl", output_dir=".")
+    assert tuner.config.output.name == "project"
+    assert tuner.config.run_dir.resolve() == (tmp_path / "project").resolve()
+
+
+def test_the_live_directory_of_a_rerun_is_its_staging_dir(tmp_path):
+    """The UI's Train view follows a re-run of a finished name beside it, not the old run."""
+    from smolora.runs import live_dir, mark_run, staging_dir
+
+    final = tmp_path / "runs" / "x"
+    mark_run(final)
+    assert live_dir(final, 4242) == final
+    mark_run(staging_dir(final, 4242))
+    assert live_dir(final, 4242) == tmp_path / "runs" / "x.staging-4242"

@@ -38,6 +38,8 @@ class SmoLoRA:
             data.setdefault("data", {})["fields"] = {"text": text_field}
         if output_dir:
             out = Path(output_dir)
+            if out.name in ("", ".", ".."):  # "." or "out/..": the folder it names, by its own name
+                out = out.resolve()
             data["output"] = {"dir": str(out.parent), "name": out.name}
         nested = {k: v for k, v in overrides.items() if isinstance(v, dict)}
         dotted = [f"{k}={_yaml(v)}" for k, v in overrides.items() if not isinstance(v, dict)]

@@ -46,8 +46,9 @@ def is_marked(path: Path) -> bool:
 
 def require_marked(path: Path) -> None:
     if not is_marked(path):
+        older = " (a run made before SmoLoRA marked its runs with " + RUN_MARKER + ")" if is_run(path) else ""
         raise SmoLoRAError(
-            f"{path} exists and is not a SmoLoRA run; pick another output.name or remove it yourself"
+            f"{path} exists and is not a SmoLoRA run{older}; pick another output.name or move it away yourself"
         )
 
 
@@ -81,8 +82,21 @@ def staged_runs(final: Path) -> list[tuple[Path, bool]]:
     return sorted(found, key=lambda x: x[0].stat().st_mtime, reverse=True)
 
 
-def staging_dir(final: Path) -> Path:
-    return final.with_name(f"{final.name}{STAGING_RUN}{os.getpid()}")
+def staging_dir(final: Path, pid: int | None = None) -> Path:
+    """Where the trainer with `pid` (default: this process) re-runs the finished run `final`."""
+    return final.with_name(f"{final.name}{STAGING_RUN}{os.getpid() if pid is None else pid}")
+
+
+def live_dir(final: Path, pid: int) -> Path:
+    """The directory a trainer of `final` (process `pid`) is writing now: its staging dir or `final`.
+
+    A re-run of a finished name trains beside it until it succeeded; a resumed re-run continues
+    a staging directory another process started.
+    """
+    own = staging_dir(final, pid)
+    if own.is_dir():
+        return own
+    return next((s for s, alive in staged_runs(final) if alive), final)
 
 
 def previous_dir(final: Path) -> Path:

@@ -198,8 +198,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
                 "or remove it yourself to start afresh"
             )
         remove_run(staged)  # a re-run that failed before its first checkpoint: nothing to keep
-    if not run_dir.exists():
-        mark_run(run_dir)
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        mark_run(run_dir)  # new, or an empty folder the user made for it: nothing there to lose
         return run_dir
     require_marked(run_dir)
     if not (run_dir / "adapter" / ADAPTER_META).exists():

@@ -26,6 +26,7 @@ import yaml
 from smolora.config import RunConfig, apply_overrides, build_config
 from smolora.errors import ConfigError, DatasetError
 from smolora.redact import mask_data
+from smolora.runs import live_dir
 from smolora.ui.jobs import cli_argv, start_job
 from smolora.ui.workspace import OutsideWorkspace, check_data_path, relative, safe_path
 
@@ -192,7 +193,7 @@ def total_steps(job: dict[str, Any]) -> tuple[int | None, bool]:
     """(steps, exact): max_steps when set, else trainer_state.json, else an estimate from train.log."""
     if job.get("max_steps"):
         return job["max_steps"], True
-    run_dir: Path = job["run_dir"]
+    run_dir = live_dir(job["run_dir"], job["proc"].pid)
     states = sorted(run_dir.glob("checkpoints/checkpoint-*/trainer_state.json"))
     if states:
         try:
@@ -210,7 +211,9 @@ def total_steps(job: dict[str, Any]) -> tuple[int | None, bool]:
 
 def progress(job: dict[str, Any], since: int = 0) -> dict[str, Any]:
     """New metric rows plus step, total, loss, tokens/s and ETA for the Train view."""
-    rows = read_metrics(job["run_dir"] / "metrics.jsonl", job["started"] - 1)
+    # A re-run of a finished name writes beside it (NAME.staging-<pid>) until it succeeded.
+    live = live_dir(job["run_dir"], job["proc"].pid)
+    rows = read_metrics(live / "metrics.jsonl", job["started"] - 1)
     step = max((r.get("step", 0) for r in rows), default=0)
     now = time.time()
     seen = job["seen"]
@@ -235,10 +238,8 @@ def progress(job: dict[str, Any], since: int = 0) -> dict[str, Any]:
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "tokens_per_s": last.get("tokens_per_s"),
         "eta_s": round(eta, 1) if eta is not None else None,
-        "checkpoints": sorted(
-            p.name for p in (job["run_dir"] / "checkpoints").glob("checkpoint-*") if p.is_dir()
-        ),
-        "train_log_tail": _tail(job["run_dir"] / "train.log"),
+        "checkpoints": sorted(p.name for p in (live / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+        "train_log_tail": _tail(live / "train.log"),
         "config_file": relative(Path(job["cwd"]), Path(job["cwd"]) / "configs" / f"{job['name']}.yaml"),
     }
 
