@@ -357,6 +357,24 @@ def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(run)
     )
 
 
+def test_a_failed_batch_answers_with_a_reference_not_the_exception(run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from smolora.serve import create_app, load_served
+
+    def broken(served, jobs):
+        raise RuntimeError("secret shape mismatch in /home/someone/model")
+
+    monkeypatch.setattr("smolora.batching.run_batch", broken)
+    served = load_served(str(run), device="cpu")
+    with TestClient(create_app(served), raise_server_exceptions=False) as http:
+        r = http.post("/v1/completions", json={"prompt": "Write a", "max_tokens": 2})
+        alive = http.get("/health").status_code
+    error = is_openai_error(r, 500)
+    assert error["code"] == "generation_failed" and "(ref " in error["message"]
+    assert "secret" not in r.text and "/home/someone" not in r.text and alive == 200
+
+
 # --- rate-limit memory ---------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,12 +271,16 @@ async def batch_loop(served: Served) -> None:
         served.stats["batches"] += 1
         try:
             await asyncio.to_thread(run_batch, served, jobs)
-        except Exception as e:  # a failed batch answers its own requests, the server lives on
-            log.exception("generation failed")
+        except Exception:  # a failed batch answers its own requests, the server lives on
+            # The exception text (shapes, paths) goes to the log; clients get a reference to it.
+            ref = uuid.uuid4().hex[:8]
+            log.exception("generation failed (ref %s)", ref)
             for job in jobs:
                 if job.finish is None:
                     job.finish = "error"
-                    job.events.put_nowait(("error", f"generation failed: {e}"))
+                    job.events.put_nowait(
+                        ("error", f"generation failed (ref {ref}); the server log has the details")
+                    )
         finally:
             for job in jobs:  # a row the criteria never saw (generate ended early) still gets closed
                 if job.finish is None:
