@@ -151,7 +151,11 @@ def serve(
         float, typer.Option(min=1, help="Seconds a request may queue and decode before a 504.")
     ] = 300.0,
     rate_limit: Annotated[
-        float, typer.Option(min=0, help="Requests per minute per client address (see --forwarded-allow-ips behind a proxy); 0: no limit.")
+        float,
+        typer.Option(
+            min=0,
+            help="Requests per minute per client address (see --forwarded-allow-ips behind a proxy); 0: no limit.",
+        ),
     ] = 600.0,
     max_body_kb: Annotated[
         int, typer.Option(min=1, help="Largest request body accepted (413 beyond).")
