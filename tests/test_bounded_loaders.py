@@ -126,7 +126,7 @@ def test_max_examples_decodes_one_parquet_batch(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     path = tmp_path / "a.parquet"
-    n = 2560  # ten batches of read.PARQUET_BATCH_ROWS
+    n = 10_240  # ten batches of read.PARQUET_BATCH_ROWS (1024)
     pq.write_table(pa.table({"question": [f"q{i}" for i in range(n)], "answer": ["a"] * n}), path)
     batches = []
     real = getattr(read, "_row_bytes", None)  # measures each batch as it is decoded
