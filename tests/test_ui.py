@@ -237,13 +237,16 @@ def test_chat_with_an_unknown_model_streams_the_error(client):
 
 
 def test_model_store_list_verify_remove(client, ws):
-    from smolora.model.store import pull_model
+    from smolora.model.store import models_dir, pull_model
 
     pull_model(str(ws / "tiny-llama"))
     listed = {m["name"]: m for m in client.get("/api/models").json()["models"]}
     assert listed["tiny-llama"]["status"] == "ok" and listed["smollm2-135m"]["status"] == "not pulled yet"
     verified = client.post("/api/models/verify", json={"name": "tiny-llama"}).json()
     assert verified["ok"] and verified["checked"] > 0
+    (models_dir() / "tiny-llama" / "planted.bin").write_bytes(b"x")  # a file the manifest does not list
+    planted = client.post("/api/models/verify", json={"name": "tiny-llama"}).json()
+    assert not planted["ok"] and planted["extra_files"] == ["planted.bin"]
     assert client.post("/api/models/remove", json={"name": "tiny-llama"}).json()["removed"] == "tiny-llama"
     assert "tiny-llama" not in {m["name"] for m in client.get("/api/models").json()["models"]}
 

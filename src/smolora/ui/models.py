@@ -60,9 +60,10 @@ def verify(name: str) -> dict[str, Any]:
     result = store.verify_models([name])[0]
     return {
         "name": result["name"],
-        "ok": not result["bad"],
+        "ok": not result["bad"] and not result["extra"],  # as `smolora models verify`: unlisted files fail
         "checked": result["checked"],
         "bad_files": result["bad"],
+        "extra_files": result["extra"],
     }
 
 

@@ -37,7 +37,7 @@ async function verify(name) {
   notice(out, "info", `verifying ${name} (sha256 of every file)…`);
   try {
     const r = await api("/api/models/verify", { method: "POST", body: { name } });
-    notice(out, r.ok ? "ok" : "error", r.ok ? `${name}: all ${r.checked} files match their sha256` : `${name}: changed or missing: ${r.bad_files.join(", ")} (pull it again)`);
+    notice(out, r.ok ? "ok" : "error", r.ok ? `${name}: all ${r.checked} files match their sha256` : `${name}: ${[r.bad_files.length ? `changed or missing: ${r.bad_files.join(", ")}` : "", r.extra_files.length ? `not in the manifest: ${r.extra_files.join(", ")}` : ""].filter(Boolean).join("; ")} (pull it again)`);
   } catch (e) {
     notice(out, "error", e.message);
   }
