@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from smolora.bench import PEER_MODES, run_peer, shared_bench_dir
+from smolora.bench.run import PEER_MODES, run_peer, shared_bench_dir
 
 
 def main() -> None:

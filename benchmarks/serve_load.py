@@ -48,7 +48,7 @@ def start_server(
     model_path: str, max_batch: int, threads: int | None, log_path: Path, extra: list[str] | None = None
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "smolora.cli", "-q", "serve", str(model_path), "--port", str(port)]
+    cmd = [sys.executable, "-m", "smolora.cli.main", "-q", "serve", str(model_path), "--port", str(port)]
     cmd += ["--max-batch", str(max_batch)] + (["--threads", str(threads)] if threads else [])
     cmd += extra or []
     with open(log_path, "w") as log:

@@ -114,7 +114,7 @@ def stream_all(path: Path, tokenizer, text_mode: str) -> int:
 
 def run_cli(*args: str) -> tuple[int, str]:
     """`smolora ARGS` as the console script runs it (cli.main), in CliRunner's isolation: (exit code, stderr)."""
-    from smolora.cli import main
+    from smolora.cli.main import main
 
     argv = sys.argv
     with CliRunner().isolation(env={"COLUMNS": "200"}) as (_, err, _):
@@ -194,7 +194,7 @@ def test_cli_train_stops_at_the_config(name, config_corpus, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a bad config reached training (and the model load)")
 
-    monkeypatch.setattr("smolora.train.train", no_training)
+    monkeypatch.setattr("smolora.train.recipe.train", no_training)
     code, stderr = run_cli("train", str(config_corpus[name]))
     assert code == 2, stderr[-2000:]  # a config that loads has no data.path: that stops it too
     check_cli_error(code, stderr, "", one_line=False)

@@ -24,7 +24,7 @@ def inspect(tiny_model_dir, *files):
         [
             sys.executable,
             "-m",
-            "smolora.cli",
+            "smolora.cli.main",
             "data",
             "inspect",
             *map(str, files),

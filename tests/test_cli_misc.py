@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from smolora.cli import app
+from smolora.cli.main import app
 from smolora.config import load_config
 
 runner = CliRunner()

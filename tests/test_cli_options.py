@@ -20,7 +20,7 @@ import torch
 from transformers.generation.utils import GenerationMixin
 from typer.testing import CliRunner
 
-from smolora.cli import app
+from smolora.cli.main import app
 from smolora.data.formats import domain_tag
 from test_push import fake_hub, last_commit, push_cli, tiny_run  # noqa: F401 (fixtures)
 from test_sampling import chatty_model_dir, json_rows  # noqa: F401 (fixture)
@@ -252,12 +252,12 @@ def test_models_pull_revision_is_the_one_downloaded(tiny_model_dir, monkeypatch)
 
 
 def test_layers_importance_max_length_and_batch_size(tiny_model_dir, qa_file, tmp_path, monkeypatch):
-    import smolora.importance
+    import smolora.model.importance
 
     batches: list[list[dict]] = []
-    real = smolora.importance.pad_batch
+    real = smolora.model.importance.pad_batch
     monkeypatch.setattr(
-        smolora.importance, "pad_batch", lambda rows, pad: batches.append(rows) or real(rows, pad)
+        smolora.model.importance, "pad_batch", lambda rows, pad: batches.append(rows) or real(rows, pad)
     )
     png = tmp_path / "imp.png"
     args = ["layers", "importance", str(tiny_model_dir), "--data", str(qa_file), "--rows", "4"]
@@ -275,7 +275,7 @@ def test_layers_importance_max_length_and_batch_size(tiny_model_dir, qa_file, tm
 @pytest.fixture
 def bench_workers(monkeypatch, tmp_path):
     """Fake benchmark workers: the command of each, answered with numbers of the right shape."""
-    import smolora.bench
+    import smolora.bench.run
     from test_speed import fake_report
 
     report = fake_report()
@@ -295,10 +295,10 @@ def bench_workers(monkeypatch, tmp_path):
             {"profile": [{"op": "aten::mm", "share": 0.5, "calls": 3}]} if "--profile" in cmd else {}
         )
 
-    monkeypatch.setattr(smolora.bench, "run_json_process", run_json_process)
-    monkeypatch.setattr(smolora.bench, "shared_bench_dir", lambda: peers)
-    monkeypatch.setattr(smolora.bench, "matmul_peak", lambda model_dir: report["matmul"])
-    monkeypatch.setattr(smolora.bench, "serve_bench", lambda model_dir: {"requests": 4, "errors": 0})
+    monkeypatch.setattr(smolora.bench.run, "run_json_process", run_json_process)
+    monkeypatch.setattr(smolora.bench.run, "shared_bench_dir", lambda: peers)
+    monkeypatch.setattr(smolora.bench.run, "matmul_peak", lambda model_dir: report["matmul"])
+    monkeypatch.setattr(smolora.bench.run, "serve_bench", lambda model_dir: {"requests": 4, "errors": 0})
     monkeypatch.setattr(torch, "set_num_threads", lambda n: commands.append(["set_num_threads", str(n)]))
     return commands
 

@@ -27,10 +27,10 @@ import torch
 from safetensors.torch import load_file
 
 from smolora.config import load_config
-from smolora.distributed import check_saved_weights, global_tokens, on_main
 from smolora.errors import ConfigError, TrainingError
-from smolora.launch import LaunchOptions, launch_command, train_cli_args, wants_launch
-from smolora.train import train
+from smolora.train.distributed import check_saved_weights, global_tokens, on_main
+from smolora.train.launch import LaunchOptions, launch_command, train_cli_args, wants_launch
+from smolora.train.recipe import train
 
 STEPS = 4
 TOL = 1e-4  # relative, on every logged loss; see the module docstring
@@ -53,7 +53,7 @@ def overrides(model_dir: Path, data: Path, out: Path, batch: int, name: str) -> 
 
 
 def launch_two(sets: list[str], home: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "smolora.cli", "-q", "train", "--nproc", "2", *extra]
+    args = [sys.executable, "-m", "smolora.cli.main", "-q", "train", "--nproc", "2", *extra]
     for s in sets:
         args += ["--set", s]
     env = {
@@ -158,7 +158,7 @@ def test_launch_command_torchrun_single_node(monkeypatch):
     cmd, env = launch_command(LaunchOptions(nproc=4), ["train", "c.yaml"])
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"] and cmd[4] == "4"
     assert "--standalone" in cmd  # a free port: runs side by side never collide
-    assert cmd[-4:] == ["-m", "smolora.cli", "train", "c.yaml"]
+    assert cmd[-4:] == ["-m", "smolora.cli.main", "train", "c.yaml"]
     assert int(env["OMP_NUM_THREADS"]) >= 1
 
 
@@ -205,7 +205,7 @@ def test_worker_arguments_drop_the_launch_flags():
 def test_train_help_shows_the_launch_options():
     from typer.testing import CliRunner
 
-    from smolora.cli import app
+    from smolora.cli.main import app
 
     r = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from smolora import doctor
-from smolora.cli import app
+from smolora.cli.main import app
 from smolora.model import store
 
 runner = CliRunner()

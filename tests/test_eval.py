@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from smolora.config import load_config
-from smolora.metrics import METRICS
-from smolora.train import train
+from smolora.eval.metrics import METRICS
+from smolora.train.recipe import train
 
 ROOT = Path(__file__).resolve().parents[1]
 LM_EVAL_DIR = ROOT / "examples" / "lm_eval"
@@ -53,7 +53,7 @@ def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_run, tmp_path_factory):
-    from smolora.evaluate import evaluate_run
+    from smolora.eval.evaluate import evaluate_run
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMOLORA_HOME", str(tmp_path_factory.mktemp("home")))
@@ -109,8 +109,8 @@ def test_tensorboard_event_files_in_the_run_dir(tiny_run):
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """smolora.cli.main as the console script runs it: exit code, stdout, stderr."""
-    from smolora.cli import main
+    """smolora.cli.main.main as the console script runs it: exit code, stdout, stderr."""
+    from smolora.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["smolora", *args])
     monkeypatch.setenv("COLUMNS", "200")
@@ -153,7 +153,7 @@ def test_unknown_split_is_a_one_line_error(tiny_run, monkeypatch, capsys):
 
 
 def test_eval_with_data_file_and_overrides(tiny_run, tmp_path):
-    from smolora.evaluate import evaluate_run
+    from smolora.eval.evaluate import evaluate_run
 
     data = tmp_path / "more.jsonl"
     data.write_text(
@@ -190,7 +190,7 @@ def test_lm_eval_task_not_found_is_a_one_line_error(tiny_run, monkeypatch, capsy
 
 def test_lm_eval_runs_the_local_example_task_offline(tiny_run, monkeypatch):
     pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install 'smolora[eval]')")
-    from smolora.evaluate import evaluate_run
+    from smolora.eval.evaluate import evaluate_run
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -208,7 +208,7 @@ def test_lm_eval_runs_the_local_example_task_offline(tiny_run, monkeypatch):
 def test_a_new_metric_is_one_function_and_one_dict_entry(tiny_run, monkeypatch):
     """What docs/evaluation.md shows: add a function to METRICS and it is in metrics.json."""
     from smolora import metrics
-    from smolora.evaluate import evaluate_run
+    from smolora.eval.evaluate import evaluate_run
 
     def answer_words(predictions: list[str], references: list[str]) -> float:
         return sum(len(p.split()) for p in predictions) / max(len(predictions), 1)
@@ -221,7 +221,7 @@ def test_a_new_metric_is_one_function_and_one_dict_entry(tiny_run, monkeypatch):
 
 
 def test_plain_text_data_gets_loss_and_perplexity_only(tiny_run, tmp_path):
-    from smolora.evaluate import evaluate_run
+    from smolora.eval.evaluate import evaluate_run
 
     data = tmp_path / "notes.txt"
     data.write_text("The capital of France is Paris.\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smolora.metrics import METRICS, bleu, chrf, exact_match, rouge1, rouge2, rougeL
+from smolora.eval.metrics import METRICS, bleu, chrf, exact_match, rouge1, rouge2, rougeL
 
 
 def test_exact_match_normalizes_case_and_whitespace():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from smolora.errors import ExportError
-from smolora.export import export_run, judge, merge_run, write_parity
-from smolora.gguf_export import write_gguf
-from smolora.ollama import modelfile_text, template_parts
+from smolora.export.gguf import write_gguf
+from smolora.export.merge import export_run, judge, merge_run, write_parity
+from smolora.export.ollama import modelfile_text, template_parts
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,7 +29,7 @@ def one_thread():
 def train_tiny(tmp_path_factory, tiny_model_dir, *extra: str):
     """A LoRA run trained for 2 steps on the tiny Llama."""
     from smolora.config import load_config
-    from smolora.train import train
+    from smolora.train.recipe import train
 
     root = tmp_path_factory.mktemp("export-run")
     data = root / "qa.jsonl"
@@ -236,7 +236,7 @@ def test_broken_parity_fails_loudly_after_writing_the_report(tmp_path):
 def test_cli_merge_and_bad_quant(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
-    from smolora.cli import app
+    from smolora.cli.main import app
 
     r = CliRunner().invoke(app, ["export", str(tiny_run), "--quant", "q4"])
     assert isinstance(r.exception, ExportError) and "--quant q4" in str(r.exception)

@@ -9,15 +9,15 @@ import json
 import pytest
 import torch
 
-from smolora.collate import pad_batch
 from smolora.config import LoraSection, ModelSection, config_schema, load_config
+from smolora.data.collate import pad_batch
 from smolora.errors import ConfigError, ModelError
 from smolora.generate import generate
-from smolora.loss import chunked_lm_loss
 from smolora.model.adapters import METHODS
 from smolora.model.load import load_base, load_for_inference
+from smolora.model.loss import chunked_lm_loss
 from smolora.model.surgery import decoder_layers
-from smolora.train import loraplus_optimizer, save_adapter, train
+from smolora.train.recipe import loraplus_optimizer, save_adapter, train
 
 TEXTS = [
     "The capital of France is Paris.",

@@ -28,7 +28,7 @@ from smolora.model.surgery import decoder_layers
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run `smolora ARGS...` in this process (imports are paid once): (exit code, stdout, stderr)."""
-    from smolora.cli import main
+    from smolora.cli.main import main
 
     monkeypatch.setenv("COLUMNS", "200")  # wide tables: no folded file names
 
@@ -174,7 +174,7 @@ def four_layers(tiny_tokenizer):
 def test_skipping_a_layer_equals_dropping_it(four_layers, tiny_tokenizer, qa_file):
     import copy
 
-    from smolora.importance import held_out_loss, importance_rows
+    from smolora.model.importance import held_out_loss, importance_rows
     from smolora.model.surgery import apply_surgery
 
     rows = importance_rows(str(qa_file), tiny_tokenizer, max_rows=6, max_length=64)
@@ -192,7 +192,7 @@ def test_replayed_prefix_gives_the_same_losses_as_skipping(arch, tiny_tokenizer,
     """layer_importance reuses the layers before the dropped one; the numbers must not change."""
     from transformers import AutoModelForCausalLM
 
-    from smolora.importance import held_out_loss, importance_rows, layer_importance
+    from smolora.model.importance import held_out_loss, importance_rows, layer_importance
     from test_surgery import tiny_config
 
     torch.manual_seed(0)
@@ -211,7 +211,7 @@ def test_replayed_prefix_gives_the_same_losses_as_skipping(arch, tiny_tokenizer,
 
 
 def test_layer_importance_ranks_suggests_and_plots(four_layers, tiny_tokenizer, qa_file, tmp_path):
-    from smolora.importance import importance_rows, layer_importance, plot_importance, suggest_drop
+    from smolora.model.importance import importance_rows, layer_importance, plot_importance, suggest_drop
 
     rows = importance_rows(str(qa_file), tiny_tokenizer, max_rows=8, max_length=64)
     seen = []

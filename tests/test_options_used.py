@@ -132,7 +132,7 @@ def cli_options() -> list[tuple[tuple[str, ...], str, set[str]]]:
     """(command words, label, every name of the option) for each option of each command but Typer's own."""
     import typer.main
 
-    from smolora.cli import app
+    from smolora.cli.main import app
 
     found = []
 

@@ -22,7 +22,7 @@ import torch
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the string annotations here
 
 from smolora.errors import ExportError
-from smolora.push import model_card, push_run
+from smolora.export.push import model_card, push_run
 
 
 def free_port() -> int:
@@ -80,7 +80,7 @@ def fake_hub():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir):
     from smolora.config import load_config
-    from smolora.train import train
+    from smolora.train.recipe import train
 
     root = tmp_path_factory.mktemp("push-run")
     data = root / "qa.jsonl"
@@ -106,7 +106,7 @@ def push_cli(fake_hub, *args: str) -> subprocess.CompletedProcess:
         "OMP_NUM_THREADS": "1",
     }
     return subprocess.run(
-        [sys.executable, "-m", "smolora.cli", "push", *args], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "smolora.cli.main", "push", *args], capture_output=True, text=True, env=env
     )
 
 

@@ -20,7 +20,7 @@ def test_real_model_cli_run(use_real_home, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "smolora.cli",
+        "smolora.cli.main",
         "-q",
         "train",
         str(REPO / "examples" / "quickstart.yaml"),

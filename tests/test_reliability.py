@@ -22,11 +22,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import smolora.train as train_module
-from smolora.checkpoints import MANIFEST, STAGING, check_checkpoint, checkpoints_of
+import smolora.train.recipe as train_module
 from smolora.config import load_config
 from smolora.errors import TrainingError
-from smolora.train import last_checkpoint, train
+from smolora.train.checkpoints import MANIFEST, STAGING, check_checkpoint, checkpoints_of
+from smolora.train.recipe import last_checkpoint, train
 from test_train import tiny_cfg
 
 
@@ -102,9 +102,9 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     import torch
     from transformers import TrainerCallback
-    import smolora.checkpoints as checkpoints
+    import smolora.train.checkpoints as checkpoints
     from smolora.config import load_config
-    from smolora.train import train
+    from smolora.train.recipe import train
 
     where, step, resume, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume", sys.argv[4:]
 
@@ -378,7 +378,7 @@ def test_checkpoint_and_adapter_files_are_fsynced_before_the_rename(
 
 
 def test_trim_metrics_replaces_the_file_atomically(tmp_path, monkeypatch):
-    from smolora.checkpoints import trim_metrics
+    from smolora.train.checkpoints import trim_metrics
 
     rows = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7))
     path = tmp_path / "metrics.jsonl"

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-import smolora.train as train_module
+import smolora.train.recipe as train_module
 from smolora.config import build_config, load_config
 from smolora.errors import ConfigError, SmoLoRAError
 from smolora.runs import RUN_MARKER, find_runs, is_marked
-from smolora.train import prepare_run_dir, train
+from smolora.train.recipe import prepare_run_dir, train
 from test_train import tiny_cfg
 
 
@@ -41,7 +41,7 @@ def test_cli_refuses_dot_dot_and_deletes_nothing(tmp_path):
     (tmp_path / "data" / "keep.txt").write_text("precious")
     (tmp_path / "runs").mkdir()
     r = subprocess.run(
-        [sys.executable, "-m", "smolora.cli", "train", "examples/quickstart.yaml"]
+        [sys.executable, "-m", "smolora.cli.main", "train", "examples/quickstart.yaml"]
         + ["--set", f"output.dir={tmp_path / 'runs'}", "--set", "output.name=.."],
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from smolora.cli import app
+from smolora.cli.main import app
 from smolora.config import load_config, save_config
 from smolora.errors import SmoLoRAError
 from smolora.runs import compare_runs, list_runs, show_run

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from smolora.cli import app
+from smolora.cli.main import app
 from smolora.config import ModelSection, load_config
 from smolora.errors import ModelError
 from smolora.model.load import load_base, load_for_inference

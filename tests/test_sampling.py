@@ -22,7 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from smolora.cli import app
+from smolora.cli.main import app
 from smolora.errors import ConfigError
 from smolora.generate import sampling_kwargs
 
@@ -73,7 +73,7 @@ def test_cli_generate_sample_and_temperature(chatty_model_dir):
 
 
 def test_cli_generate_bad_temperature_is_one_line_exit_2(chatty_model_dir, monkeypatch, capsys):
-    from smolora.cli import main
+    from smolora.cli.main import main
 
     argv = ["smolora", "generate", str(chatty_model_dir), "hi", "--sample", "--temperature", "-1"]
     monkeypatch.setattr(sys, "argv", argv)

@@ -11,8 +11,8 @@ import json
 
 import torch
 
-from smolora.push import model_card
-from smolora.train import train
+from smolora.export.push import model_card
+from smolora.train.recipe import train
 from test_push import fake_hub, last_commit, push_cli  # noqa: F401 (fake_hub is a fixture)
 from test_train import tiny_cfg
 

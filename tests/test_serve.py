@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def train_tiny(root, tiny_model_dir):
     from smolora.config import load_config
-    from smolora.train import train
+    from smolora.train.recipe import train
 
     data = root / "qa.jsonl"
     rows = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(24)]
@@ -67,7 +67,7 @@ def server(runs, tiny_model_dir, tmp_path_factory):
     """One server for the module: two adapters on one base, an API key, a long batch window."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    cmd = [sys.executable, "-m", "smolora.cli", "serve", str(runs[0]), "--adapter", f"second={runs[1]}"]
+    cmd = [sys.executable, "-m", "smolora.cli.main", "serve", str(runs[0]), "--adapter", f"second={runs[1]}"]
     cmd += [
         "--port",
         str(port),
@@ -269,7 +269,7 @@ def test_client_disconnecting_mid_stream_frees_its_slot(server, client):
 
 def test_stop_strings_cut_and_are_never_streamed(tiny_tokenizer):
     """BatchControl on its own: tokens of a known text arrive one by one; output stops before 'lamp'."""
-    from smolora.batching import BatchControl, Job, Served
+    from smolora.serve.batching import BatchControl, Job, Served
 
     loop = asyncio.new_event_loop()
     served = Served(model=None, tokenizer=tiny_tokenizer, names={}, default="x")
@@ -293,7 +293,7 @@ def test_stop_strings_cut_and_are_never_streamed(tiny_tokenizer):
 def test_plain_base_with_named_adapters_and_mismatch(runs, tiny_model_dir, tmp_path):
     """`smolora serve BASE --adapter a=RUN --adapter b=RUN` in-process; an adapter with other surgery is refused."""
     from smolora.errors import ExportError
-    from smolora.serve import load_served
+    from smolora.serve.app import load_served
 
     torch.set_num_threads(1)
     served = load_served(str(tiny_model_dir), {"a": str(runs[0]), "b": str(runs[1])}, device="cpu")

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import torch
 
-from smolora.batching import Job, RowSampling, Served, cancel, submit
-from smolora.limits import RateLimiter
+from smolora.serve.batching import Job, RowSampling, Served, cancel, submit
+from smolora.serve.limits import RateLimiter
 from test_serve import train_tiny
 from test_serve_limits import start
 
@@ -104,8 +104,8 @@ def fake_job(model: str, client: str) -> Job:
 
 
 def test_one_client_gets_at_most_half_the_queue():
-    from smolora.batching import queued
-    from smolora.serve import APIError, admit
+    from smolora.serve.app import APIError, admit
+    from smolora.serve.batching import queued
 
     served = Served(model=None, tokenizer=None, names={}, default="x", max_queue=8)
     served.wake = asyncio.Event()
@@ -132,7 +132,7 @@ def test_one_client_gets_at_most_half_the_queue():
 
 
 def test_batches_take_the_oldest_model_first_without_rescanning():
-    from smolora.batching import take_batch
+    from smolora.serve.batching import take_batch
 
     served = Served(model=None, tokenizer=None, names={}, default="a", max_batch=2)
     served.wake = asyncio.Event()
@@ -290,7 +290,7 @@ def test_a_bad_forwarded_allow_ips_is_refused_before_loading():
     cmd = [
         sys.executable,
         "-m",
-        "smolora.cli",
+        "smolora.cli.main",
         "serve",
         "no-such-run",
         "--forwarded-allow-ips",
@@ -339,7 +339,7 @@ class WatchedTokenizer:
 def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(run):
     from fastapi.testclient import TestClient
 
-    from smolora.serve import create_app, load_served
+    from smolora.serve.app import create_app, load_served
 
     torch.set_num_threads(1)
     served = load_served(str(run), device="cpu")
@@ -360,12 +360,12 @@ def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(run)
 def test_a_failed_batch_answers_with_a_reference_not_the_exception(run, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from smolora.serve import create_app, load_served
+    from smolora.serve.app import create_app, load_served
 
     def broken(served, jobs):
         raise RuntimeError("secret shape mismatch in /home/someone/model")
 
-    monkeypatch.setattr("smolora.batching.run_batch", broken)
+    monkeypatch.setattr("smolora.serve.batching.run_batch", broken)
     served = load_served(str(run), device="cpu")
     with TestClient(create_app(served), raise_server_exceptions=False) as http:
         r = http.post("/v1/completions", json={"prompt": "Write a", "max_tokens": 2})
@@ -380,7 +380,7 @@ def test_a_failed_batch_answers_with_a_reference_not_the_exception(run, monkeypa
 
 def test_rate_limit_buckets_are_bounded_and_pruned_by_age(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr("smolora.limits.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("smolora.serve.limits.time.monotonic", lambda: now[0])
     limiter = RateLimiter(per_minute=60, max_clients=100)
     for i in range(1000):  # many addresses, each seen once: memory stays at the cap
         assert limiter.take(f"10.0.{i // 256}.{i % 256}") is None

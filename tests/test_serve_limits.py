@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from smolora.limits import RateLimiter
+from smolora.serve.limits import RateLimiter
 from test_serve import free_port, train_tiny
 
 
@@ -26,7 +26,7 @@ def start(run, tmp_path_factory, *flags):
     cmd = [
         sys.executable,
         "-m",
-        "smolora.cli",
+        "smolora.cli.main",
         "serve",
         str(run),
         "--port",
@@ -216,7 +216,7 @@ def trickle(url):
 
 def test_rate_limiter_refills_over_time(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("smolora.limits.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("smolora.serve.limits.time.monotonic", lambda: now[0])
     limiter = RateLimiter(per_minute=2)
     assert limiter.take("a") is None and limiter.take("a") is None
     assert limiter.take("a") == pytest.approx(30.0)  # one token per 30 s

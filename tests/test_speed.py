@@ -18,10 +18,18 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from smolora.collate import BucketSampler, Collator, bucket_order, pack_batch, pad_batch, padding_efficiency
 from smolora.config import load_config
-from smolora.loss import chunked_lm_loss, head_cross_entropy
-from smolora.speed import (
+from smolora.data.collate import (
+    BucketSampler,
+    Collator,
+    bucket_order,
+    pack_batch,
+    pad_batch,
+    padding_efficiency,
+)
+from smolora.model.loss import chunked_lm_loss, head_cross_entropy
+from smolora.train.recipe import SmoLoRATrainer
+from smolora.train.speed import (
     SparseDropout,
     apply_fast_path,
     dropped_positions,
@@ -30,7 +38,6 @@ from smolora.speed import (
     sparse_dropout,
     use_sparse_dropout,
 )
-from smolora.train import SmoLoRATrainer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RTOL = 1e-5
@@ -360,7 +367,7 @@ def fake_report() -> dict:
 
 
 def test_bench_report_targets_records_and_docs(tmp_path):
-    from smolora.cli_bench import END, START, markdown, records, targets, write_docs
+    from smolora.cli.bench import END, START, markdown, records, targets, write_docs
 
     report = fake_report()
     rows = {r[0]: r for r in targets(report)}
@@ -388,7 +395,7 @@ def test_bench_report_targets_records_and_docs(tmp_path):
 
 
 def test_bench_rejects_unknown_peer_mode():
-    from smolora.cli_bench import bench
+    from smolora.cli.bench import bench
     from smolora.errors import SmoLoRAError
 
     with pytest.raises(SmoLoRAError, match="unknown mode"):

@@ -156,7 +156,7 @@ def test_a_damaged_bundled_entry_is_named_not_silently_used(fake_bundled):
 
 
 def test_verify_names_files_the_manifest_does_not_list(tiny_model_dir, capsys, monkeypatch):
-    from smolora.cli import main
+    from smolora.cli.main import main
 
     path, _ = pull_model(str(tiny_model_dir), store_name="tiny")
     (path / "pytorch_model.bin").write_bytes(b"planted")

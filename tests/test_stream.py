@@ -16,10 +16,10 @@ from smolora.config import load_config
 from smolora.data import prepare_data
 from smolora.data.pipeline import encode_rows, load_examples
 from smolora.data.stream import make_shards, prepare_stream, read_shard
-from smolora.distributed import check_saved_weights
 from smolora.errors import DatasetError
 from smolora.model.load import load_tokenizer
-from smolora.train import train
+from smolora.train.distributed import check_saved_weights
+from smolora.train.recipe import train
 
 
 def write_jsonl(path, n, start=0):

@@ -16,7 +16,7 @@ from smolora.errors import ModelError
 from smolora.generate import generate
 from smolora.model.load import load_for_inference
 from smolora.model.surgery import apply_surgery, decoder_layers, layers_to_keep
-from smolora.train import train
+from smolora.train.recipe import train
 
 COMMON = dict(
     vocab_size=300,

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from smolora.config import load_config
 from smolora.errors import TrainingError
-from smolora.train import last_checkpoint, train
+from smolora.train.recipe import last_checkpoint, train
 
 
 def tiny_cfg(tiny_model_dir, data, tmp_path, *extra):
@@ -130,7 +130,7 @@ def test_cli_train_and_generate(tiny_model_dir, qa_file, tmp_path):
         f"model: {{name: {tiny_model_dir}}}\ndata: {{path: {qa_file}, max_length: 64}}\n"
         f"train: {{max_steps: 2, batch_size: 4}}\noutput: {{dir: {tmp_path / 'runs'}}}\n"
     )
-    smolora = [sys.executable, "-m", "smolora.cli"]
+    smolora = [sys.executable, "-m", "smolora.cli.main"]
     r = subprocess.run([*smolora, "-q", "train", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run(
@@ -154,7 +154,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: -1\n")
     r = subprocess.run(
-        [sys.executable, "-m", "smolora.cli", "train", str(bad)], capture_output=True, text=True
+        [sys.executable, "-m", "smolora.cli.main", "train", str(bad)], capture_output=True, text=True
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "train.lr" in r.stderr

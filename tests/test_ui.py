@@ -58,7 +58,7 @@ def tiny_overrides(name: str, *extra: str) -> list[str]:
 def train_run(ws: Path, name: str, *extra: str) -> Path:
     """A finished run in the workspace, trained in-process (seconds on the tiny model)."""
     from smolora.config import load_config
-    from smolora.train import train
+    from smolora.train.recipe import train
 
     overrides = [
         *tiny_overrides(name, "train.max_steps=6", "train.save_every=3", *extra),
@@ -255,9 +255,9 @@ def test_export_uses_the_cli_or_its_function():
     from smolora.ui.export import export_argv
 
     cli = export_argv("gguf", "runs/a", "q8_0", None, {"export", "merge"})
-    assert cli[1:] == ["-m", "smolora.cli", "export", "runs/a", "--format", "gguf", "--quant", "q8_0"]
+    assert cli[1:] == ["-m", "smolora.cli.main", "export", "runs/a", "--format", "gguf", "--quant", "q8_0"]
     fallback = export_argv("merge", "runs/a", "f16", "out", set())
-    if fallback is not None:  # smolora.export.merge_run exists: it runs in a subprocess of its own
+    if fallback is not None:  # smolora.export.merge.merge_run exists: it runs in a subprocess of its own
         assert (
             fallback[1] == "-c"
             and "merge_run" in fallback[2]
@@ -295,7 +295,7 @@ def test_sigint_saves_a_checkpoint_and_stops(tiny_model_dir, qa_file, tmp_path):
     """What the UI's Stop button relies on: SIGINT -> checkpoint at the step's end -> KeyboardInterrupt."""
     from transformers import TrainerCallback
 
-    import smolora.train as train_module
+    import smolora.train.recipe as train_module
     from smolora.config import load_config
 
     class SignalAtStep3(TrainerCallback):
@@ -337,5 +337,7 @@ def test_sigint_saves_a_checkpoint_and_stops(tiny_model_dir, qa_file, tmp_path):
 
 
 def test_cli_ui_help_has_an_example():
-    r = subprocess.run([sys.executable, "-m", "smolora.cli", "ui", "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "smolora.cli.main", "ui", "--help"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "Example: smolora ui" in r.stdout and "127.0.0.1" in r.stdout

@@ -81,7 +81,7 @@ def workspace(tmp_path_factory, tiny_model_dir) -> Path:
 def finished_runs(workspace) -> list[str]:
     """Two finished runs (trained in-process, seconds each) for the Runs, Chat and Export views."""
     from smolora.config import load_config
-    from smolora.train import train
+    from smolora.train.recipe import train
 
     home = os.environ.get("SMOLORA_HOME")
     os.environ["SMOLORA_HOME"] = str(workspace.parent / "home-runs")
@@ -124,7 +124,7 @@ def server(workspace, tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-home")
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smolora.cli", "ui", "--port", str(port), "--workspace", str(workspace)],
+        [sys.executable, "-m", "smolora.cli.main", "ui", "--port", str(port), "--workspace", str(workspace)],
         env={**os.environ, "SMOLORA_HOME": str(home), "HF_HUB_OFFLINE": "1", "SMOLORA_UI_TOKEN": TOKEN},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -131,7 +131,7 @@ def test_job_logs_and_errors_never_echo_keys(client, ws, monkeypatch):
     tail = jobs.log_tail(log)
     assert "hf_abc" not in tail and "sk-abc" not in tail and "token=***" in tail
     command = jobs.display_command(
-        ["python", "-m", "smolora.cli", "push", "runs/r", "--token", "hf_x1234567890"]
+        ["python", "-m", "smolora.cli.main", "push", "runs/r", "--token", "hf_x1234567890"]
     )
     assert command == "smolora push runs/r --token ***"
 
@@ -140,8 +140,8 @@ def test_job_logs_and_errors_never_echo_keys(client, ws, monkeypatch):
 
 
 def test_server_takes_no_paths_and_never_echoes_the_key(tiny_model_dir, tmp_path):
-    from smolora.serve import create_app as server_app
-    from smolora.serve import load_served
+    from smolora.serve.app import create_app as server_app
+    from smolora.serve.app import load_served
 
     key = "sk-server-key-0123456789abcdef"
     served = load_served(str(tiny_model_dir), device="cpu")

@@ -318,7 +318,7 @@ def start_ui(args: list[str], env: dict[str, str], log: Path) -> tuple[subproces
     port = free_port()
     out = open(log, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smolora.cli", "ui", "--port", str(port), *args],
+        [sys.executable, "-m", "smolora.cli.main", "ui", "--port", str(port), *args],
         env={**os.environ, **env},
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -380,7 +380,7 @@ def test_cli_token_from_the_environment_and_a_short_token_refused(ws, tmp_path):
         proc.terminate()
         proc.wait(30)
     short = subprocess.run(
-        [sys.executable, "-m", "smolora.cli", "ui", "--workspace", str(ws), "--token", "short"],
+        [sys.executable, "-m", "smolora.cli.main", "ui", "--workspace", str(ws), "--token", "short"],
         capture_output=True,
         text=True,
     )

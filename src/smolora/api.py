@@ -53,7 +53,7 @@ class SmoLoRA:
 
     def train(self, resume: bool = False) -> Path:
         """Fine-tune and return the run directory; the fine-tuned model is then used by generate()."""
-        from smolora.train import train
+        from smolora.train.recipe import train
 
         if self.config.data.path is None:
             from smolora.errors import ConfigError

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from smolora.errors import SmoLoRAError
-from smolora.report import read_jsonl
+from smolora.eval.report import read_jsonl
 
 RUN_MARKER = ".smolora-run"  # in every run directory SmoLoRA made: only those may be replaced
 PREVIOUS = ".previous"  # NAME.previous: the run a successful re-run of NAME replaced

@@ -81,7 +81,7 @@ def cli_commands() -> set[str]:
     """Commands the installed CLI has ("train", "models pull", ...): views offer only what exists."""
     import typer.main
 
-    from smolora.cli import app as cli_app
+    from smolora.cli.main import app as cli_app
 
     root = typer.main.get_command(cli_app)
     names: set[str] = set()

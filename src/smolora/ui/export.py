@@ -1,6 +1,6 @@
 """The Export view's server side: the argv for `smolora merge` / `smolora export`.
 
-When this build's CLI lacks the command but `smolora.export` has the function behind it,
+When this build's CLI lacks the command but `smolora.export.merge` has the function behind it,
 the function runs in a subprocess of its own (a merge loads two models; the UI process
 stays free); when neither exists the view says "not available".
 
@@ -24,11 +24,11 @@ FORMATS = {
 
 
 def _function_exists(name: str) -> bool:
-    if importlib.util.find_spec("smolora.export") is None:
+    if importlib.util.find_spec("smolora.export.merge") is None:
         return False
-    import smolora.export
+    import smolora.export.merge
 
-    return hasattr(smolora.export, name)
+    return hasattr(smolora.export.merge, name)
 
 
 def availability(commands: set[str]) -> dict[str, str | None]:
@@ -54,8 +54,8 @@ def export_argv(fmt: str, run: str, quant: str, out: str | None, commands: set[s
             else "export_run(a[1], a[2], a[3], a[4] or None)"
         )
         code = (
-            "import sys; from smolora.errors import SmoLoRAError; from smolora.progress import setup_logging\n"
-            f"from smolora.export import {function}\n"
+            "import sys; from smolora.errors import SmoLoRAError; from smolora.train.progress import setup_logging\n"
+            f"from smolora.export.merge import {function}\n"
             "setup_logging(); a = sys.argv\n"
             f"try:\n    print('written to', {call})\n"
             "except SmoLoRAError as e:\n    print('error:', e); sys.exit(2)"

@@ -9,7 +9,7 @@ SIGINT, which training answers by saving a checkpoint and exiting; if the proces
 there after a grace period it gets a second SIGINT, then SIGKILL.
 
 Run as:
-    job = start_job("train", [sys.executable, "-m", "smolora.cli", "train", "my.yaml"], Path("."), Path("t.log"))
+    job = start_job("train", [sys.executable, "-m", "smolora.cli.main", "train", "my.yaml"], Path("."), Path("t.log"))
     print(job_state(job)["state"])
 """
 
@@ -33,7 +33,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def cli_argv(*args: str) -> list[str]:
     """The same CLI a user types, run with this interpreter (so the UI and CLI never drift)."""
-    return [sys.executable, "-m", "smolora.cli", *args]
+    return [sys.executable, "-m", "smolora.cli.main", *args]
 
 
 def start_job(kind: str, argv: list[str], cwd: Path, log_path: Path, **meta: Any) -> dict[str, Any]:
@@ -159,10 +159,10 @@ def error_line(tail: str) -> str | None:
 
 
 def display_command(argv: list[str]) -> str:
-    """`smolora train x.yaml` rather than `/long/path/python -m smolora.cli train x.yaml`."""
+    """`smolora train x.yaml` rather than `/long/path/python -m smolora.cli.main train x.yaml`."""
     import shlex
 
-    if argv[1:3] == ["-m", "smolora.cli"]:
+    if argv[1:3] == ["-m", "smolora.cli.main"]:
         argv = ["smolora", *argv[3:]]
     return mask_text(shlex.join(argv))
 

@@ -7,7 +7,7 @@ template, data fingerprint, library versions).
 
 Run as:
     from smolora.config import load_config
-    from smolora.train import train
+    from smolora.train.recipe import train
     run_dir = train(load_config("examples/quickstart.yaml"))
 """
 
@@ -24,34 +24,14 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
 
-from smolora.checkpoints import (
-    STAGING,
-    disk_full_error,
-    fsync_tree,
-    good_checkpoint,
-    is_disk_full,
-    publish,
-    trim_metrics,
-)
-from smolora.collate import BucketSampler, Collator
 from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
-from smolora.distributed import (
-    SyncStop,
-    check_saved_weights,
-    dist_state,
-    full_state_dict,
-    global_tokens,
-    local_threads,
-    on_main,
-)
+from smolora.data.collate import BucketSampler, Collator
 from smolora.errors import TrainingError
-from smolora.guards import NonFiniteGuard, UpdateRecorder, check_loss, is_oom, smaller_batch
-from smolora.loss import chunked_lm_loss
 from smolora.model.adapters import METHODS, save_weights, trainable_summary
 from smolora.model.load import ADAPTER_META, load_base, physical_cores, pick_device
+from smolora.model.loss import chunked_lm_loss
 from smolora.model.store import read_manifest, resolve_model
-from smolora.progress import RunLogger, setup_logging
 from smolora.redact import mask_text
 from smolora.runs import (
     fsync_dir,
@@ -63,8 +43,28 @@ from smolora.runs import (
     staged_runs,
     staging_dir,
 )
-from smolora.speed import apply_fast_path, fast_path, load_unsloth, pick_batching
-from smolora.stopping import StopOnSignal
+from smolora.train.checkpoints import (
+    STAGING,
+    disk_full_error,
+    fsync_tree,
+    good_checkpoint,
+    is_disk_full,
+    publish,
+    trim_metrics,
+)
+from smolora.train.distributed import (
+    SyncStop,
+    check_saved_weights,
+    dist_state,
+    full_state_dict,
+    global_tokens,
+    local_threads,
+    on_main,
+)
+from smolora.train.guards import NonFiniteGuard, UpdateRecorder, check_loss, is_oom, smaller_batch
+from smolora.train.progress import RunLogger, setup_logging
+from smolora.train.speed import apply_fast_path, fast_path, load_unsloth, pick_batching
+from smolora.train.stopping import StopOnSignal
 
 log = logging.getLogger("smolora")
 # transformers 5 warns about its own internal call inside Trainer; nothing for users to act on.
@@ -491,7 +491,7 @@ def train(
             callback.counter = counter
             trainer.add_callback(callback)
         if cfg.eval.generate_every:  # a few held-out answers every N steps, into generations.jsonl
-            from smolora.evaluate import SampleGenerations
+            from smolora.eval.evaluate import SampleGenerations
 
             trainer.add_callback(SampleGenerations(cfg, run_dir, tokenizer))
         trainer.add_callback(updates)

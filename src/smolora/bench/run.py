@@ -12,7 +12,7 @@ reach), model load time, preprocessing examples/s and generation tokens/s.
 
 Run as:
     smolora bench --steps 10 --warmup 2 --json bench.json
-    python -m smolora.bench train --model DIR --data bench.jsonl --steps 2 --warmup 1   # one worker
+    python -m smolora.bench.run train --model DIR --data bench.jsonl --steps 2 --warmup 1   # one worker
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PEER_MODES = ["naive", "dynamic", "grouped", "trl", "trl-pack"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -180,7 +180,7 @@ def run_peer(
 
 
 def worker_command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "smolora.bench", *args]
+    return [sys.executable, "-m", "smolora.bench.run", *args]
 
 
 def serve_bench(model_dir: Path, n: int = 32, concurrency: int = 8) -> dict[str, Any]:
@@ -262,7 +262,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Preprocess (fresh, then cached), then train warmup+steps steps with the peers' clock."""
     from smolora.data import prepare_data
     from smolora.model.load import load_tokenizer
-    from smolora.train import train
+    from smolora.train.recipe import train
 
     with tempfile.TemporaryDirectory(prefix="smolora-bench-") as tmp:
         os.environ["SMOLORA_HOME"] = tmp  # a fresh data cache: the first preparation is real work
@@ -416,7 +416,7 @@ def generate_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m smolora.bench", description="One benchmark worker.")
+    p = argparse.ArgumentParser(prog="python -m smolora.bench.run", description="One benchmark worker.")
     p.add_argument("worker", choices=["train", "load", "generate"])
     p.add_argument("--model", required=True)
     p.add_argument("--data")

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from smolora.errors import ExportError
+from smolora.export.gguf import adds_bos
 from smolora.generate import end_token_ids
-from smolora.gguf_export import adds_bos
 
 
 def template_parts(tokenizer: Any, template: str) -> dict[str, Any]:

@@ -1,10 +1,9 @@
-"""CLI commands to deploy a run: `merge`, `export`, `push`, `serve` (registered in cli.py).
+"""CLI commands to deploy a run: `merge`, `export`, `push`.
 
 Run as:
     smolora merge runs/quickstart
     smolora export runs/quickstart --format gguf --quant q8_0
     smolora push runs/quickstart --repo me/quickstart-lora
-    smolora serve runs/quickstart --adapter other=runs/other --api-key secret
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from smolora.errors import SmoLoRAError
 
 console = Console()
 
@@ -56,7 +53,7 @@ def merge(
 
     Example: smolora merge runs/quickstart --out merged-quickstart
     """
-    from smolora.export import merge_run
+    from smolora.export.merge import merge_run
 
     out_dir = merge_run(run, out)
     print_parity(out_dir)
@@ -80,7 +77,7 @@ def export(
 
     Example: smolora export runs/quickstart --format ollama --quant q8_0
     """
-    from smolora.export import export_run
+    from smolora.export.merge import export_run
 
     out_dir = export_run(run, format, quant, out)
     print_parity(out_dir)
@@ -105,89 +102,9 @@ def push(
 
     Example: smolora push runs/quickstart --repo me/quickstart-lora --private
     """
-    from smolora.push import push_run
+    from smolora.export.push import push_run
 
     result = push_run(run, repo, merged=merged, private=private, token=token, message=message)
     console.print(
         f"[green]pushed[/] {len(result['files'])} files to {result['url']} (commit {result['commit'][:10]})"
-    )
-
-
-def parse_adapters(items: list[str]) -> dict[str, str]:
-    adapters = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SmoLoRAError(
-                f"--adapter {item!r}: expected NAME=RUN_DIR, e.g. --adapter support=runs/support"
-            )
-        if name in adapters:
-            raise SmoLoRAError(f"--adapter {name} given twice; each served name must be unique")
-        adapters[name] = path
-    return adapters
-
-
-def serve(
-    model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
-    adapter: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--adapter", "-a", help="Serve another adapter on the same base: NAME=RUN (repeatable)."
-        ),
-    ] = None,
-    host: Annotated[
-        str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you set --api-key.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar="SMOLORA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."),
-    ] = None,
-    max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together (1: one at a time).")] = 8,
-    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for company.")] = 20.0,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: physical cores).")] = None,
-    max_tokens_cap: Annotated[int, typer.Option(min=1, help="Most tokens one request may ask for.")] = 2048,
-    request_timeout: Annotated[
-        float, typer.Option(min=1, help="Seconds a request may queue and decode before a 504.")
-    ] = 300.0,
-    rate_limit: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            help="Requests per minute per client address (see --forwarded-allow-ips behind a proxy); 0: no limit.",
-        ),
-    ] = 600.0,
-    max_body_kb: Annotated[
-        int, typer.Option(min=1, help="Largest request body accepted (413 beyond).")
-    ] = 1024,
-    forwarded_allow_ips: Annotated[
-        str | None,
-        typer.Option(
-            help="Proxies whose X-Forwarded-For names the client (comma-separated IPs or networks); "
-            "default: none, not even loopback."
-        ),
-    ] = None,
-) -> None:
-    """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
-
-    The request's `model` field picks the base model or any adapter by name.
-
-    Example: smolora serve runs/quickstart --adapter other=runs/other --port 8000
-    """
-    from smolora.serve import serve as run_server
-
-    run_server(
-        model,
-        parse_adapters(adapter or []),
-        host,
-        port,
-        api_key,
-        max_batch,
-        batch_wait_ms,
-        threads,
-        max_tokens_cap=max_tokens_cap,
-        request_timeout=request_timeout,
-        rate_limit=rate_limit,
-        max_body_kb=max_body_kb,
-        forwarded_allow_ips=forwarded_allow_ips,
     )

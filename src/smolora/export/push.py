@@ -159,7 +159,7 @@ def model_card(run_dir: Path, meta: dict[str, Any], repo: str, merged: bool) -> 
 
 def files_to_push(run: str | Path, merged: bool) -> tuple[Path, Path, dict[str, Any]]:
     """(run dir, folder whose files are uploaded, adapter meta); merges first when asked and needed."""
-    from smolora.export import merge_run, run_dir_of
+    from smolora.export.merge import merge_run, run_dir_of
     from smolora.model.load import find_adapter_dir, read_adapter_meta
 
     adapter_dir = find_adapter_dir(run)

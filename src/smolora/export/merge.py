@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from smolora.errors import ExportError, SmoLoRAError
+from smolora.export.gguf import load_gguf, write_gguf
+from smolora.export.ollama import modelfile_text
 from smolora.generate import end_token_ids, to_messages
-from smolora.gguf_export import load_gguf, write_gguf
-from smolora.ollama import modelfile_text
 from smolora.redact import mask_text
 
 log = logging.getLogger("smolora")
@@ -65,7 +65,7 @@ def parity_prompts(run_dir: Path, tokenizer: Any, meta: dict[str, Any], n: int =
 
     pairs: list[dict] = []
     if (run_dir / "config.yaml").exists():
-        from smolora.evaluate import held_out, run_config
+        from smolora.eval.evaluate import held_out, run_config
 
         try:
             pairs = held_out(run_config(run_dir))[:n]

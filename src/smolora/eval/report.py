@@ -76,7 +76,7 @@ def metrics_plot(metrics: dict[str, Any], path: Path) -> bytes | None:
     """Grouped bars, base vs fine-tuned, for the 0-100 generation metrics."""
     from matplotlib.figure import Figure
 
-    from smolora.metrics import METRICS
+    from smolora.eval.metrics import METRICS
 
     names = [n for n in METRICS if n in metrics["fine_tuned"]]
     if not names:
@@ -300,7 +300,7 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def render_html(metrics: dict[str, Any], parts: dict[str, Any], images: dict[str, bytes]) -> str:
-    from smolora.metrics import normalize
+    from smolora.eval.metrics import normalize
 
     name = Path(metrics["run"]).name
     kv = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in parts["config"] + parts["training"])

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from smolora.export import plain_generation
+from smolora.export.merge import plain_generation
 from smolora.generate import end_token_ids
 
 log = logging.getLogger("smolora")

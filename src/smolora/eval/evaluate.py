@@ -3,7 +3,7 @@
 The held-out set is `data.val_path` when the run has one, else the same seeded split the
 training used (`--data FILE` replaces it). For both models this computes the loss and
 perplexity on the answers (the tokens training learns) and, on batched greedy generations,
-every metric in `smolora.metrics.METRICS`; lm-eval tasks are optional. The base model's
+every metric in `smolora.eval.metrics.METRICS`; lm-eval tasks are optional. The base model's
 numbers come from the very same weights with the adapter switched off, so the only
 difference between the two columns is the fine-tune. Results go to `RUN/eval/`
 (metrics.json, samples.jsonl, report.md, report.html) and `RUN/plots/loss.png`.
@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 from smolora.config import RunConfig, load_config
 from smolora.errors import DatasetError, SmoLoRAError
-from smolora.metrics import LOWER_IS_BETTER, METRICS, exact_match, normalize  # noqa: F401 (re-exported)
+from smolora.eval.metrics import LOWER_IS_BETTER, METRICS, exact_match, normalize  # noqa: F401 (re-exported)
 
 log = logging.getLogger("smolora")
 
@@ -136,9 +136,9 @@ def answer_loss(model, tokenizer, examples: list[dict], cfg: RunConfig) -> dict[
     Rows are encoded exactly as for training (same template, masking and max_length), so the
     fine-tuned number matches the eval loss logged during training on the same split.
     """
-    from smolora.collate import pad_batch
+    from smolora.data.collate import pad_batch
     from smolora.data.pipeline import encode_rows
-    from smolora.loss import chunked_lm_loss
+    from smolora.model.loss import chunked_lm_loss
 
     rows, _ = encode_rows(examples, tokenizer, cfg.data)
     if not rows:
@@ -221,7 +221,7 @@ def evaluate_run(
     # Everything that can fail on bad input fails here, before a model is loaded.
     task_manager = None
     if lm_eval_tasks:
-        from smolora.harness import find_tasks
+        from smolora.eval.harness import find_tasks
 
         task_manager = find_tasks(lm_eval_tasks, include_path)
     examples = held_out_examples(cfg, data_path, split)
@@ -238,7 +238,7 @@ def evaluate_run(
             outputs[which] = generate_answers(model, tokenizer, pairs, cfg)
             scores[which].update(score(outputs[which], refs))
         if lm_eval_tasks:
-            from smolora.harness import run_lm_eval
+            from smolora.eval.harness import run_lm_eval
 
             scores[which].update(
                 run_lm_eval(model, tokenizer, lm_eval_tasks, task_manager, cfg.eval.batch_size, lm_eval_limit)
@@ -274,7 +274,7 @@ def evaluate_run(
     (out_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     result: dict[str, Any] = {"metrics": metrics, "samples": samples, "dir": out_dir}
     if report:
-        from smolora.report import write_report
+        from smolora.eval.report import write_report
 
         result.update(write_report(run_dir, cfg, metrics, samples))
     return result

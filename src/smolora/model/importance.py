@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from smolora.collate import pad_batch
 from smolora.config import DataSection
+from smolora.data.collate import pad_batch
 from smolora.errors import DatasetError
-from smolora.loss import chunked_lm_loss
+from smolora.model.loss import chunked_lm_loss
 from smolora.model.surgery import PER_LAYER_CONFIG, decoder_layers, decoder_owner
 
 

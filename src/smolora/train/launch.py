@@ -1,6 +1,6 @@
 """Start the same training recipe on several processes, GPUs or nodes.
 
-`smolora train CONFIG --nproc N` re-runs `python -m smolora.cli train CONFIG ...` (the same
+`smolora train CONFIG --nproc N` re-runs `python -m smolora.cli.main train CONFIG ...` (the same
 arguments minus the launch flags) once per process under PyTorch's own launcher
 (`torch.distributed.run`, a.k.a. torchrun): DDP, NCCL on GPUs, gloo on CPU. With
 `train.accelerate_config: FILE` it goes through `accelerate launch --config_file FILE`
@@ -72,7 +72,7 @@ def check_options(opts: LaunchOptions) -> None:
 def launch_command(opts: LaunchOptions, cli_args: list[str]) -> tuple[list[str], dict[str, str]]:
     """The launcher command line and its environment; `cli_args` are the `smolora` arguments."""
     check_options(opts)
-    script = ["-m", "smolora.cli", *cli_args]
+    script = ["-m", "smolora.cli.main", *cli_args]
     env = dict(os.environ)
     nproc = opts.nproc or 1
     if "OMP_NUM_THREADS" not in env:

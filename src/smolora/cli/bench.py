@@ -60,7 +60,7 @@ def bench(
 
     Example: smolora bench --steps 2 --peers naive,grouped --no-lowmem
     """
-    from smolora import bench as b
+    from smolora.bench import run as b
     from smolora.model.load import physical_cores
     from smolora.model.store import resolve_model
 

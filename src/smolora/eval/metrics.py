@@ -6,7 +6,7 @@ line in the dict, and `smolora eval` computes it for the base and the fine-tuned
 puts it in metrics.json and the report (docs/evaluation.md walks through it).
 
 Run as:
-    from smolora.metrics import METRICS
+    from smolora.eval.metrics import METRICS
     scores = {name: fn(["product=lamp; qty=3"], ["product=lamp; qty=4"]) for name, fn in METRICS.items()}
 """
 

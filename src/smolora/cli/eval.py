@@ -59,7 +59,7 @@ def eval_cmd(
 
     Example: smolora eval runs/quickstart --lm-eval smolora_orders --include-path examples/lm_eval
     """
-    from smolora.evaluate import evaluate_run
+    from smolora.eval.evaluate import evaluate_run
 
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
     result = evaluate_run(
@@ -76,7 +76,7 @@ def eval_cmd(
 
 def print_comparison(result: dict[str, Any], samples: int) -> None:
     """The before/after tables `make run` ends with, and where the report is."""
-    from smolora.report import fmt, metric_rows
+    from smolora.eval.report import fmt, metric_rows
 
     rows = result["samples"][:samples]
     if rows:
@@ -165,7 +165,7 @@ def runs_show(
     """
     import yaml
 
-    from smolora.report import fmt, metric_rows
+    from smolora.eval.report import fmt, metric_rows
     from smolora.runs import show_run
 
     info = show_run(run)

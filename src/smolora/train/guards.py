@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from smolora.checkpoints import good_checkpoint
 from smolora.config import RunConfig
 from smolora.errors import TrainingError
+from smolora.train.checkpoints import good_checkpoint
 
 log = logging.getLogger("smolora")
 

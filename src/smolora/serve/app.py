@@ -44,10 +44,10 @@ import torch
 from fastapi import Request as HTTPRequest
 from pydantic import BaseModel, ConfigDict, Field
 
-from smolora.batching import Job, Served, active, batch_loop, cancel, queued, submit
 from smolora.errors import ConfigError, ExportError
 from smolora.generate import to_messages
-from smolora.limits import body_limit, rate_limited
+from smolora.serve.batching import Job, Served, active, batch_loop, cancel, queued, submit
+from smolora.serve.limits import body_limit, rate_limited
 
 log = logging.getLogger("smolora")
 

@@ -197,7 +197,7 @@ def layers_importance(
     from rich.progress import Progress
 
     from smolora.config import ModelSection
-    from smolora.importance import (
+    from smolora.model.importance import (
         held_out_loss,
         importance_rows,
         layer_importance,

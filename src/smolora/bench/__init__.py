@@ -1,0 +1,1 @@
+"""`smolora bench`: SmoLoRA against the peer scripts, one process after another."""

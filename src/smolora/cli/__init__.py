@@ -1,0 +1,1 @@
+"""The `smolora` command line: `main.py` builds the app, one module per command group."""

@@ -1,0 +1,93 @@
+"""`smolora serve`: the OpenAI-compatible server for a run and its sibling adapters.
+
+Run as:
+    smolora serve runs/quickstart --adapter other=runs/other --api-key secret
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from smolora.errors import SmoLoRAError
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    adapters = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SmoLoRAError(
+                f"--adapter {item!r}: expected NAME=RUN_DIR, e.g. --adapter support=runs/support"
+            )
+        if name in adapters:
+            raise SmoLoRAError(f"--adapter {name} given twice; each served name must be unique")
+        adapters[name] = path
+    return adapters
+
+
+def serve(
+    model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter", "-a", help="Serve another adapter on the same base: NAME=RUN (repeatable)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you set --api-key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SMOLORA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together (1: one at a time).")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for company.")] = 20.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: physical cores).")] = None,
+    max_tokens_cap: Annotated[int, typer.Option(min=1, help="Most tokens one request may ask for.")] = 2048,
+    request_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds a request may queue and decode before a 504.")
+    ] = 300.0,
+    rate_limit: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Requests per minute per client address (see --forwarded-allow-ips behind a proxy); 0: no limit.",
+        ),
+    ] = 600.0,
+    max_body_kb: Annotated[
+        int, typer.Option(min=1, help="Largest request body accepted (413 beyond).")
+    ] = 1024,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For names the client (comma-separated IPs or networks); "
+            "default: none, not even loopback."
+        ),
+    ] = None,
+) -> None:
+    """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
+
+    The request's `model` field picks the base model or any adapter by name.
+
+    Example: smolora serve runs/quickstart --adapter other=runs/other --port 8000
+    """
+    from smolora.serve.app import serve as run_server
+
+    run_server(
+        model,
+        parse_adapters(adapter or []),
+        host,
+        port,
+        api_key,
+        max_batch,
+        batch_wait_ms,
+        threads,
+        max_tokens_cap=max_tokens_cap,
+        request_timeout=request_timeout,
+        rate_limit=rate_limit,
+        max_body_kb=max_body_kb,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: base vs tuned on held-out prompts, metrics, the report, lm-eval."""
