@@ -11,7 +11,7 @@ import pytest
 from smolora.config import build_config
 from smolora.data import FORMATS, clean_examples, detect_format, read_records, to_examples
 from smolora.data.clean import chunk_ids, clean_text
-from smolora.data.read import expand_paths
+from smolora.data.files import expand_paths
 from smolora.errors import DatasetError
 
 CONV = [

@@ -69,7 +69,7 @@ def check_data_path(workspace: Path, user_path: str) -> Path:
     `data/*.jsonl` or `data/` resolve inside the workspace, yet the files they expand to may be
     symlinks that lead out; the loader would follow them, so they are refused here.
     """
-    from smolora.data.read import expand_paths
+    from smolora.data.files import expand_paths
 
     target = safe_path(workspace, user_path)
     if not any(c in user_path for c in "*?[") and not target.is_dir():
