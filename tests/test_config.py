@@ -75,6 +75,38 @@ def test_every_problem_reported_at_once_with_paths():
     assert "train.batch_sise: unknown key (did you mean 'batch_size'?)" in msg
     assert "exclusive" in msg
     assert "lora.r" in msg
+    # The same problems as data, for the UI's form: no parsing the message back.
+    problems = {p["loc"]: p["msg"] for p in e.value.problems}
+    assert list(problems) == ["model", "lora.r", "train.lr", "train.batch_sise"]
+    assert problems["train.batch_sise"] == "unknown key (did you mean 'batch_size'?)"
+    assert problems["lora.r"] == "Input should be greater than or equal to 1 (got 0)"
+
+
+def test_all_problems_are_data_while_the_message_shows_the_first_ten():
+    with pytest.raises(ConfigError) as e:
+        build_config({f"x{i}": 1 for i in range(14)})
+    assert len(e.value.problems) == 14
+    assert str(e.value).splitlines()[-1] == "  ... and 4 more" and "14 problem(s)" in str(e.value)
+
+
+def test_method_literal_names_every_method_and_only_those():
+    from typing import get_args
+
+    from smolora.config import MethodName
+    from smolora.model.adapters import METHODS
+
+    assert set(get_args(MethodName)) == set(METHODS)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["lora.method=dorra"])
+    assert e.value.problems == [
+        {
+            "loc": "lora.method",
+            "msg": "unknown method (did you mean 'dora'?); known: lora, rslora, dora, pissa, olora, full, "
+            "freeze (got 'dorra')",
+        }
+    ]
+    with pytest.raises(ConfigError, match="lora.method: Input should be a valid string"):
+        load_config(None, ["lora.method=3"])
 
 
 def test_unknown_section_and_bad_override_syntax():

@@ -13,7 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smolora.config import MAX_PROBLEMS, RunConfig, apply_overrides, build_config, load_config
+from smolora.config import RunConfig, apply_overrides, build_config, load_config
+from smolora.config_problems import MAX_PROBLEMS
 from smolora.errors import SmoLoRAError
 
 FUZZ = settings(

@@ -17,16 +17,17 @@ import datetime
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from smolora.config_problems import problems_message, validation_problems
 from smolora.errors import ConfigError, excerpt
 
 MAX_CONFIG_BYTES = 1 << 20  # a run config is a few KB: more is the wrong file (or /dev/zero)
 MAX_CONFIG_VALUES = 100_000  # with YAML aliases expanded: a "billion laughs" file stops here
-MAX_PROBLEMS = 10  # validation problems listed in one message (the count says how many in all)
 
 
 class Section(BaseModel):
@@ -104,18 +105,15 @@ class DataSection(Section):
     num_proc: int | None = Field(None, ge=1, description="Worker processes for tokenizing (datasets.map).")
 
 
-def _method_names() -> list[str]:
-    # Imported late: the methods live with the model code (torch), the config stays light.
-    from smolora.model.adapters import METHODS
-
-    return list(METHODS)
+# The keys of smolora.model.adapters.METHODS, spelled out so the config never imports the model
+# code (torch); tests/test_config.py checks the two agree.
+MethodName = Literal["lora", "rslora", "dora", "pissa", "olora", "full", "freeze"]
 
 
 class LoraSection(Section):
-    method: str = Field(
+    method: MethodName = Field(
         "lora",
         description="A key of smolora.model.adapters.METHODS: lora, rslora, dora, pissa, olora, full, freeze.",
-        json_schema_extra=lambda schema: schema.update(enum=_method_names()),
     )
     r: int = Field(16, ge=1)
     alpha: float = Field(32, gt=0)
@@ -127,10 +125,13 @@ class LoraSection(Section):
     freeze_last_n: int | None = Field(None, ge=1, description="freeze method: train only the last N layers.")
     trainable_modules: list[str] = Field(default_factory=list, description="freeze method: named modules.")
 
-    @field_validator("method")
+    @field_validator("method", mode="before")
     @classmethod
-    def _known_method(cls, v: str) -> str:
-        names = _method_names()
+    def _known_method(cls, v: Any) -> Any:
+        # Before the Literal check, so a typo gets a did-you-mean rather than pydantic's list.
+        if not isinstance(v, str):
+            raise PydanticCustomError("string_type", "Input should be a valid string")
+        names = list(get_args(MethodName))
         if v not in names:
             close = difflib.get_close_matches(v, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -352,50 +353,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _did_you_mean(loc: tuple[Any, ...]) -> str:
-    model: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None) if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return ""
-        model = ann
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(model.model_fields)})"
-
-
-def _printable(text: str) -> str:
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    lines = []
-    for e in err.errors():
-        tag = lambda p: isinstance(p, str) and p.startswith(("function-", "literal["))  # noqa: E731
-        # pydantic's union-branch tags are dropped; an unknown key is the user's, whatever it reads.
-        keep_last = e["type"] == "extra_forbidden"
-        loc = tuple(p for i, p in enumerate(e["loc"]) if not tag(p) or (keep_last and i == len(e["loc"]) - 1))
-        # A key is user text: a newline or escape code in it must not start a line of its own.
-        path = excerpt(_printable(".".join(str(p) for p in loc)), 100) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown key{_did_you_mean(loc)}")
-        else:
-            msg = excerpt(e["msg"].removeprefix("Value error, "), 200)
-            got = f" (got {excerpt(repr(e['input']), 80)})" if "input" in e else ""
-            lines.append(f"{path}: {msg}{got}")
-    # Union types report one error per branch; keep each line once.
-    unique = list(dict.fromkeys(lines))
-    shown = unique[:MAX_PROBLEMS] + [f"... and {len(unique) - MAX_PROBLEMS} more"] * (
-        len(unique) > MAX_PROBLEMS
-    )
-    return f"{source}: {len(unique)} problem(s):\n  " + "\n  ".join(shown)
-
-
 def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        problems = validation_problems(e, RunConfig)
+        raise ConfigError(problems_message(problems, source), problems) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -16,7 +16,15 @@ class SmoLoRAError(Exception):
 
 
 class ConfigError(SmoLoRAError):
-    """The run configuration is invalid; the message lists every problem at once."""
+    """The run configuration is invalid; the message lists every problem at once.
+
+    `problems` holds them as data, `[{"loc": "train.lr", "msg": "..."}]`, for callers that show
+    each beside its field (the UI's form); empty when the error is about the file as a whole.
+    """
+
+    def __init__(self, message: str, problems: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class DatasetError(SmoLoRAError):
