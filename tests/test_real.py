@@ -1,4 +1,4 @@
-"""The real bundled SmolLM2-135M through the CLI, for a few steps (marked `real`)."""
+"""The real bundled SmolLM2-135M through the CLI, for a few steps (marked `slow`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.real
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 

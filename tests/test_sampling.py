@@ -33,7 +33,7 @@ PROMPTS = ["What is 3 plus one?", "Write a haiku about rivers and the sea."]
 @pytest.fixture(scope="session")
 def chatty_model_dir(tmp_path_factory, tiny_tokenizer):
     """The tiny random Llama with an untied random lm_head: greedy answers that are not empty."""
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     model = make_tiny_model(len(tiny_tokenizer))
     model.config.tie_word_embeddings = False

@@ -26,23 +26,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_tiny(root, tiny_model_dir):
-    from smolora.config import load_config
-    from smolora.train.recipe import train
-
-    data = root / "qa.jsonl"
-    rows = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(24)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    overrides = [
-        f"model.name={tiny_model_dir}",
-        f"data.path={data}",
-        "data.max_length=64",
-        "train.batch_size=4",
-    ]
-    overrides += ["train.lr=1e-2", "train.max_steps=2", "train.threads=1", f"output.dir={root / 'runs'}"]
-    return train(load_config(None, [*overrides, "output.name=tiny"]), show_progress=False)
-
-
 def other_adapter(run, root):
     """A second adapter for the same base without a second training: the first one, its B matrices scaled."""
     from safetensors.torch import load_file, save_file
@@ -56,10 +39,9 @@ def other_adapter(run, root):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("serve-runs")
-    run = train_tiny(root, tiny_model_dir)
-    return run, other_adapter(run, root)
+def runs(tmp_path_factory, tiny_run):
+    """The shared tiny run, and a second adapter made from it in a folder of its own."""
+    return tiny_run, other_adapter(tiny_run, tmp_path_factory.mktemp("serve-runs"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_serve import train_tiny
 from test_serve_limits import start
 
 pytest.importorskip("schemathesis")
@@ -20,9 +19,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from fuzz_serve import SERVER_FLAGS, st_command, summarize  # noqa: E402
 
 
-def test_schemathesis_finds_no_server_error(tmp_path_factory, tiny_model_dir, tmp_path):
-    run = train_tiny(tmp_path_factory.mktemp("fuzz-runs"), tiny_model_dir)
-    proc, url, log = start(run, tmp_path_factory, *SERVER_FLAGS)
+def test_schemathesis_finds_no_server_error(tmp_path_factory, tiny_run, tmp_path):
+    proc, url, log = start(tiny_run, tmp_path_factory, *SERVER_FLAGS)
     try:
         report = tmp_path / "events.ndjson"
         # The timeout only stops a hung run from hanging the suite; each request has its own (60 s).

@@ -18,7 +18,6 @@ import torch
 
 from smolora.serve.batching import Job, RowSampling, Served, cancel, submit
 from smolora.serve.limits import RateLimiter
-from test_serve import train_tiny
 from test_serve_limits import start
 
 KEY = "hardening-key"
@@ -26,15 +25,10 @@ USER = [{"role": "user", "content": "What is 3 plus one?"}]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir):
-    return train_tiny(tmp_path_factory.mktemp("hardening-runs"), tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def server(run, tmp_path_factory):
+def server(tiny_run, tmp_path_factory):
     """Loopback is a trusted proxy here, so each test speaks as its own client (X-Forwarded-For)."""
     flags = ["--api-key", KEY, "--forwarded-allow-ips", "127.0.0.1", "--rate-limit", "20", "--max-batch", "4"]
-    proc, url, log = start(run, tmp_path_factory, *flags)
+    proc, url, log = start(tiny_run, tmp_path_factory, *flags)
     yield {"url": url, "proc": proc, "log": log}
     proc.terminate()
     proc.wait(timeout=30)
@@ -336,13 +330,13 @@ class WatchedTokenizer:
         return self.tok.apply_chat_template(*args, **kwargs)
 
 
-def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(run):
+def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(tiny_run):
     from fastapi.testclient import TestClient
 
     from smolora.serve.app import create_app, load_served
 
     torch.set_num_threads(1)
-    served = load_served(str(run), device="cpu")
+    served = load_served(str(tiny_run), device="cpu")
     served.tokenizer = WatchedTokenizer(served.tokenizer)
     with TestClient(create_app(served), raise_server_exceptions=False) as http:
         assert http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code == 200
@@ -357,7 +351,7 @@ def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(run)
     )
 
 
-def test_a_failed_batch_answers_with_a_reference_not_the_exception(run, monkeypatch):
+def test_a_failed_batch_answers_with_a_reference_not_the_exception(tiny_run, monkeypatch):
     from fastapi.testclient import TestClient
 
     from smolora.serve.app import create_app, load_served
@@ -366,7 +360,7 @@ def test_a_failed_batch_answers_with_a_reference_not_the_exception(run, monkeypa
         raise RuntimeError("secret shape mismatch in /home/someone/model")
 
     monkeypatch.setattr("smolora.serve.batching.run_batch", broken)
-    served = load_served(str(run), device="cpu")
+    served = load_served(str(tiny_run), device="cpu")
     with TestClient(create_app(served), raise_server_exceptions=False) as http:
         r = http.post("/v1/completions", json={"prompt": "Write a", "max_tokens": 2})
         alive = http.get("/health").status_code

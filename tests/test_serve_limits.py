@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from smolora.serve.limits import RateLimiter
-from test_serve import free_port, train_tiny
+from test_serve import free_port
 
 
 def start(run, tmp_path_factory, *flags):
@@ -50,14 +50,9 @@ def start(run, tmp_path_factory, *flags):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir):
-    return train_tiny(tmp_path_factory.mktemp("limits-runs"), tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def server(run, tmp_path_factory):
+def server(tiny_run, tmp_path_factory):
     proc, url, log = start(
-        run, tmp_path_factory, "--max-body-kb", "4", "--max-tokens-cap", "16", "--rate-limit", "0"
+        tiny_run, tmp_path_factory, "--max-body-kb", "4", "--max-tokens-cap", "16", "--rate-limit", "0"
     )
     yield {"url": url, "proc": proc, "log": log}
     proc.terminate()
@@ -163,10 +158,10 @@ def test_soak_well_formed_and_malformed_requests_no_5xx(server):
     assert server["proc"].poll() is None and httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
 
 
-def test_timeout_rate_limit_and_bind_warning(run, tmp_path_factory):
+def test_timeout_rate_limit_and_bind_warning(tiny_run, tmp_path_factory):
     """Another server: a batch window longer than the request timeout, 6 requests a minute, bound to 0.0.0.0."""
     proc, url, log = start(
-        run,
+        tiny_run,
         tmp_path_factory,
         "--host",
         "0.0.0.0",

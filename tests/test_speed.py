@@ -44,7 +44,7 @@ RTOL = 1e-5
 
 
 def tiny_lora(vocab: int, dropout: float = 0.0, attn: str = "sdpa"):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     torch.manual_seed(0)
     model = make_tiny_model(vocab)
@@ -311,20 +311,21 @@ def test_compile_flag_compiles_the_decoder_layers(tiny_tokenizer, monkeypatch):
 
 
 def test_second_run_skips_preprocessing(tiny_tokenizer, qa_file, monkeypatch):
+    import smolora.data.encode as encode
     import smolora.data.pipeline as pipeline
 
     cfg = load_config(None, [f"data.path={qa_file}", "data.max_length=64"])
     first = pipeline.prepare_data(cfg, tiny_tokenizer)
-    assert not first["stats"]["cached"]
+    assert not first.stats["cached"]
 
     def boom(*a, **k):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(pipeline, "encode_examples", boom)
-    monkeypatch.setattr(pipeline, "read_records", boom)
+    monkeypatch.setattr(encode, "encode_examples", boom)
+    monkeypatch.setattr(encode, "read_records", boom)
     second = pipeline.prepare_data(cfg, tiny_tokenizer)
-    assert second["stats"]["cached"]
-    assert second["train"]["input_ids"] == first["train"]["input_ids"]
+    assert second.stats["cached"]
+    assert second.train["input_ids"] == first.train["input_ids"]
 
 
 # --- smolora bench: the report, without running any model ------------------------------------------

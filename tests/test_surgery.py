@@ -99,7 +99,7 @@ def test_layers_to_keep_and_clear_errors():
 
 
 def test_lora_targets_only_surviving_layers(tiny_tokenizer):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
     from smolora.config import LoraSection
     from smolora.model.adapters import METHODS
 
@@ -114,7 +114,7 @@ def test_lora_targets_only_surviving_layers(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def four_layer_dir(tmp_path_factory, tiny_tokenizer):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     d = tmp_path_factory.mktemp("tiny-llama-4")
     make_tiny_model(len(tiny_tokenizer), layers=4).save_pretrained(d)
