@@ -275,7 +275,7 @@ def test_stop_strings_cut_and_are_never_streamed(tiny_tokenizer):
 def test_plain_base_with_named_adapters_and_mismatch(runs, tiny_model_dir, tmp_path):
     """`smolora serve BASE --adapter a=RUN --adapter b=RUN` in-process; an adapter with other surgery is refused."""
     from smolora.errors import ExportError
-    from smolora.serve.app import load_served
+    from smolora.serve.load import load_served
 
     torch.set_num_threads(1)
     served = load_served(str(tiny_model_dir), {"a": str(runs[0]), "b": str(runs[1])}, device="cpu")

@@ -98,7 +98,8 @@ def fake_job(model: str, client: str) -> Job:
 
 
 def test_one_client_gets_at_most_half_the_queue():
-    from smolora.serve.app import APIError, admit
+    from smolora.serve.jobs import admit
+    from smolora.serve.openai import APIError
     from smolora.serve.batching import queued
 
     served = Served(model=None, tokenizer=None, names={}, default="x", max_queue=8)
@@ -333,7 +334,8 @@ class WatchedTokenizer:
 def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(tiny_run):
     from fastapi.testclient import TestClient
 
-    from smolora.serve.app import create_app, load_served
+    from smolora.serve.app import create_app
+    from smolora.serve.load import load_served
 
     torch.set_num_threads(1)
     served = load_served(str(tiny_run), device="cpu")
@@ -354,7 +356,8 @@ def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(tiny
 def test_a_failed_batch_answers_with_a_reference_not_the_exception(tiny_run, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from smolora.serve.app import create_app, load_served
+    from smolora.serve.app import create_app
+    from smolora.serve.load import load_served
 
     def broken(served, jobs):
         raise RuntimeError("secret shape mismatch in /home/someone/model")

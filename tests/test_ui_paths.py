@@ -141,7 +141,7 @@ def test_job_logs_and_errors_never_echo_keys(client, ws, monkeypatch):
 
 def test_server_takes_no_paths_and_never_echoes_the_key(tiny_model_dir, tmp_path):
     from smolora.serve.app import create_app as server_app
-    from smolora.serve.app import load_served
+    from smolora.serve.load import load_served
 
     key = "sk-server-key-0123456789abcdef"
     served = load_served(str(tiny_model_dir), device="cpu")

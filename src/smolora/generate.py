@@ -42,7 +42,7 @@ def generate(
     stop: list[str] | None = None,
 ) -> list[str]:
     """One completion per prompt (a string or a list of chat messages), in input order."""
-    sampling = sampling_kwargs(do_sample, temperature, top_p)
+    decoding = generation_kwargs(tokenizer, max_new_tokens, do_sample, temperature, top_p)
     texts = [render_prompt(tokenizer, to_messages(p, system_prompt), domain=domain) for p in prompts]
     # Sorting by length keeps padding small inside each batch; results go back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -57,13 +57,7 @@ def generate(
                 [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             )
             enc = {k: v.to(device) for k, v in enc.items()}
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=end_token_ids(tokenizer),
-                **sampling,
-            )
+            out = model.generate(**enc, **decoding)
             new = out[:, enc["input_ids"].shape[1] :]
             for i, row in zip(idx, new, strict=True):
                 results[i] = truncate_at_stop(tokenizer.decode(row, skip_special_tokens=True).strip(), stop)
@@ -72,20 +66,42 @@ def generate(
     return results
 
 
-# Below this a temperature only divides the logits into inf/NaN; greedy is what it tends to anyway.
+# Below this a temperature only divides the logits into inf, softmax of inf gives NaN and sampling
+# from NaN fails (in the server: every request decoded in that batch); greedy is what it tends to anyway.
 MIN_TEMPERATURE = 1e-5
 
 
-def sampling_kwargs(do_sample: bool, temperature: float = 1.0, top_p: float = 1.0) -> dict[str, Any]:
-    """model.generate's decoding arguments, the one place they are built (CLI, API, UI chat).
+def greedy(temperature: Any, top_p: Any) -> Any:
+    """Whether decoding at this temperature and top-p is greedy: too cold to divide by, or no mass kept.
 
-    Greedy unless sampling is asked for with a temperature of at least MIN_TEMPERATURE.
+    Floats, or one tensor entry per row (the server's batches): hence `|`, which means "or" for both.
     """
+    return (temperature < MIN_TEMPERATURE) | (top_p == 0)
+
+
+def sampling_kwargs(do_sample: bool, temperature: float = 1.0, top_p: float = 1.0) -> dict[str, Any]:
+    """model.generate's sampling arguments: greedy unless sampling is asked for and `greedy` says no."""
     if temperature < 0 or not 0 < top_p <= 1:
         raise ConfigError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature} and {top_p}")
-    if not do_sample or temperature < MIN_TEMPERATURE:
+    if not do_sample or greedy(temperature, top_p):
         return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+
+
+def generation_kwargs(
+    tokenizer: Any, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0
+) -> dict[str, Any]:
+    """model.generate's decoding arguments, the one place they are built (CLI, API, eval, UI chat).
+
+    The server decodes each row of a batch with its own temperature and top-p (serve/batching.py),
+    by the same `greedy` rule.
+    """
+    return {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": end_token_ids(tokenizer),
+        **sampling_kwargs(do_sample, temperature, top_p),
+    }
 
 
 def end_token_ids(tokenizer: Any) -> list[int]:

@@ -29,13 +29,9 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from smolora.export.merge import plain_generation
-from smolora.generate import end_token_ids
+from smolora.generate import end_token_ids, greedy
 
 log = logging.getLogger("smolora")
-
-# Below this a temperature is greedy decoding: dividing logits by 1e-40 gives inf, softmax of inf
-# gives NaN, and sampling from NaN fails the whole batch (every request decoded with that row).
-GREEDY_BELOW = 1e-5
 
 ORDER = itertools.count()  # arrival order across the per-model queues
 
@@ -138,22 +134,23 @@ def cancel(served: Served, job: Job) -> None:
 
 
 class RowSampling(LogitsProcessor):
-    """Per-row temperature and top-p inside one sampled generate(); rows below GREEDY_BELOW stay greedy."""
+    """Per-row temperature and top-p inside one sampled generate(); rows `greedy` (generate.py) calls
+    greedy stay greedy: a row too cold to divide by would fail the whole batch with NaNs."""
 
     def __init__(self, temperature: torch.Tensor, top_p: torch.Tensor):
         self.temperature, self.top_p = temperature, top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        greedy = (self.temperature < GREEDY_BELOW) | (self.top_p == 0)
+        greedy_rows = greedy(self.temperature, self.top_p)
         best = scores.argmax(-1)
-        scores = scores / torch.where(greedy, 1.0, self.temperature)[:, None]
+        scores = scores / torch.where(greedy_rows, 1.0, self.temperature)[:, None]
         ordered, order = scores.sort(dim=-1, descending=True)
         probs = ordered.softmax(-1)
         # Drop a token once the mass before it already reaches top_p; the first always stays.
         ordered = ordered.masked_fill((probs.cumsum(-1) - probs) >= self.top_p[:, None], float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
         one_hot = torch.full_like(scores, float("-inf")).scatter(-1, best[:, None], 0.0)
-        return torch.where(greedy[:, None], one_hot, scores)
+        return torch.where(greedy_rows[:, None], one_hot, scores)
 
 
 class BatchControl(StoppingCriteria):
@@ -188,7 +185,7 @@ class BatchControl(StoppingCriteria):
         if len(job.out_ids) >= job.max_tokens:
             return finish(self.served, job, "length")
         # Hold back a half-decoded character and anything that may be the start of a stop string
-        # (stop strings are short, serve.py caps them: this is at most a few hundred comparisons).
+        # (stop strings are short, schema.py caps them: this is at most a few hundred comparisons).
         safe = len(text.rstrip("\ufffd"))
         for s in job.stop:
             shown = text[:safe]
@@ -226,7 +223,7 @@ def run_batch(served: Served, jobs: list[Job]) -> None:
     for i, job in enumerate(jobs):  # left padding: every row's next token comes right after its prompt
         input_ids[i, width - len(job.ids) :] = torch.tensor(job.ids)
         mask[i, width - len(job.ids) :] = 1
-    sample = any(j.temperature >= GREEDY_BELOW and j.top_p > 0 for j in jobs)
+    sample = not all(greedy(j.temperature, j.top_p) for j in jobs)
     # No eos here: BatchControl ends each row at end-of-turn itself (ignore_eos is per row).
     config = GenerationConfig(
         max_new_tokens=max(j.max_tokens for j in jobs), do_sample=sample, pad_token_id=pad

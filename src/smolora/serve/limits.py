@@ -11,8 +11,8 @@
   rewrites scope["client"]), so a forged header does not buy new buckets either. A bucket idle
   long enough to refill is forgotten, and at most MAX_CLIENTS are kept: memory stays bounded.
 
-The max_tokens cap and the per-request generation timeout live in serve.py, next to the
-request they judge.
+The max_tokens cap and the per-request generation timeout live in jobs.py and stream.py, next
+to the request they judge.
 
 Run as:
     app = rate_limited(body_limit(create_app(served), max_bytes=1 << 20, read_timeout=30), per_minute=600)

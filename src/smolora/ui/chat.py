@@ -66,23 +66,16 @@ def stream_answer(
             )
 
     from smolora.data.render import render_prompt
-    from smolora.generate import end_token_ids, sampling_kwargs, to_messages
+    from smolora.generate import generation_kwargs, to_messages
 
     model, tokenizer, meta = get_model(key)
     text = render_prompt(tokenizer, to_messages(messages, system_prompt or meta.get("system_prompt")))
     device = next(model.parameters()).device
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    sampling = sampling_kwargs(temperature > 0, temperature, top_p=0.95)
-    kwargs = dict(
-        **enc,
-        streamer=streamer,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=end_token_ids(tokenizer),
-        stopping_criteria=StoppingCriteriaList([Cancelled()]),
-        **sampling,
-    )
+    # The chat samples whenever the temperature slider is above 0, with a fixed top-p of 0.95.
+    decoding = generation_kwargs(tokenizer, max_new_tokens, temperature > 0, temperature, top_p=0.95)
+    kwargs = dict(**enc, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]), **decoding)
     errors: list[BaseException] = []
 
     def run() -> None:
