@@ -14,16 +14,12 @@ import torch
 from smolora.durable import sha256_file
 from smolora.errors import IntegrityError, ModelError
 from smolora.model import store
-from smolora.model.store import (
-    list_models,
-    model_info,
-    models_dir,
-    pull_model,
-    remove_model,
-    resolve_model,
-    verify_models,
-)
+from smolora.model.entries import list_models, remove_model
+from smolora.model.info import model_info
+from smolora.model.pull import pull_model
+from smolora.model.store import models_dir, resolve_model
 from smolora.model.surgery import decoder_layers
+from smolora.model.verify import verify_models
 
 
 @pytest.fixture

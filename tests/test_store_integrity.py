@@ -18,7 +18,10 @@ import pytest
 
 from smolora.errors import IntegrityError
 from smolora.model import store
-from smolora.model.store import models_dir, pull_model, resolve_model, verify_models
+from smolora.model.entries import list_models
+from smolora.model.pull import pull_model
+from smolora.model.store import models_dir, resolve_model
+from smolora.model.verify import verify_models
 
 FORK = multiprocessing.get_context("fork")  # the children inherit this test's monkeypatches
 JOIN_S = 120  # a hang detector, not a speed limit
@@ -191,4 +194,4 @@ def test_a_manifest_that_is_not_json_means_the_entry_is_incomplete(tiny_model_di
         IntegrityError, match="manifest.json: missing or not readable.*smolora models rm tiny"
     ):
         resolve_model("tiny")
-    assert [e["status"] for e in store.list_models()] == ["no manifest"]
+    assert [e["status"] for e in list_models()] == ["no manifest"]

