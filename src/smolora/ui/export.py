@@ -1,64 +1,32 @@
-"""The Export view's server side: the argv for `smolora merge` / `smolora export`.
+"""The Export view's server side: the argv for `smolora merge` / `smolora export`, and the parity files.
 
-When this build's CLI lacks the command but `smolora.export.merge` has the function behind it,
-the function runs in a subprocess of its own (a merge loads two models; the UI process
-stays free); when neither exists the view says "not available".
+Exports run as CLI subprocesses (a merge loads two models; the UI process stays free). Each
+writes a `parity.json` beside what it wrote; the view shows the newest few.
 
 Run as:
-    argv = export_argv("gguf", "runs/quickstart", "q8_0", None, {"export"})
+    argv = export_argv("gguf", "runs/quickstart", "q8_0", None)
+    files = parity_files(Path("."), Path("runs/quickstart"))
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from pathlib import Path
+from typing import Any
 
 from smolora.ui.jobs import cli_argv
-
-# What each format needs: the CLI command, and the function that does the same.
-FORMATS = {
-    "merge": ("merge", "merge_run"),
-    "gguf": ("export", "export_run"),
-    "ollama": ("export", "export_run"),
-}
+from smolora.ui.runs import read_json
+from smolora.ui.workspace import relative
 
 
-def _function_exists(name: str) -> bool:
-    if importlib.util.find_spec("smolora.export.merge") is None:
-        return False
-    import smolora.export.merge
-
-    return hasattr(smolora.export.merge, name)
+def export_argv(fmt: str, run: str, quant: str, out: str | None) -> list[str]:
+    args = ["merge", run] if fmt == "merge" else ["export", run, "--format", fmt, "--quant", quant]
+    return cli_argv(*args, *(["--out", out] if out else []))
 
 
-def availability(commands: set[str]) -> dict[str, str | None]:
-    """Per format: "cli", "function" or None (not available in this build)."""
-    out: dict[str, str | None] = {}
-    for fmt, (command, function) in FORMATS.items():
-        out[fmt] = "cli" if command in commands else "function" if _function_exists(function) else None
-    return out
-
-
-def export_argv(fmt: str, run: str, quant: str, out: str | None, commands: set[str]) -> list[str] | None:
-    command, function = FORMATS[fmt]
-    how = availability(commands)[fmt]
-    if how == "cli":
-        args = [command, run]
-        if fmt != "merge":
-            args += ["--format", fmt, "--quant", quant]
-        return cli_argv(*args, *(["--out", out] if out else []))
-    if how == "function":
-        call = (
-            "merge_run(a[1], a[4] or None)"
-            if fmt == "merge"
-            else "export_run(a[1], a[2], a[3], a[4] or None)"
-        )
-        code = (
-            "import sys; from smolora.errors import SmoLoRAError; from smolora.train.progress import setup_logging\n"
-            f"from smolora.export.merge import {function}\n"
-            "setup_logging(); a = sys.argv\n"
-            f"try:\n    print('written to', {call})\n"
-            "except SmoLoRAError as e:\n    print('error:', e); sys.exit(2)"
-        )
-        return [sys.executable, "-c", code, run, fmt, quant, out or ""]
-    return None
+def parity_files(workspace: Path, run: Path, newest: int = 5) -> list[dict[str, Any]]:
+    """The run's parity.json files, newest first, each with its path (as the browser shows it)."""
+    found = sorted(run.rglob("parity.json"), key=lambda f: -f.stat().st_mtime)
+    return [
+        {"path": relative(workspace, f), "parity": read_json(f), "mtime": f.stat().st_mtime}
+        for f in found[:newest]
+    ]

@@ -1,6 +1,6 @@
 """The Models view's server side: the model store's own functions, made JSON-ready.
 
-Listing, verifying and removing call `smolora.model.store` (the functions behind
+Listing, verifying and removing call `smolora.model.entries` and `.verify` (the functions behind
 `smolora models list/verify/rm`); pulling runs `smolora models pull NAME` as a subprocess,
 since converting or downloading can take a minute.
 
@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from smolora.model import store
+from smolora.model import entries, store
+from smolora.model.verify import verify_models
 from smolora.ui.jobs import cli_argv
 
 
 def list_models() -> list[dict[str, Any]]:
-    entries = []
-    for e in store.list_models():
-        entries.append(
+    rows = []
+    for e in entries.list_models():
+        rows.append(
             {
                 "name": e["name"],
                 "kind": e.get("kind", "?"),
@@ -32,10 +33,10 @@ def list_models() -> list[dict[str, Any]]:
                 "files": len(e.get("files", {})),
             }
         )
-    present = {e["name"] for e in entries}
+    present = {e["name"] for e in rows}
     for alias, (package, filename) in store.BUNDLED.items():
         if alias not in present:
-            entries.append(
+            rows.append(
                 {
                     "name": alias,
                     "kind": "bundled",
@@ -46,18 +47,18 @@ def list_models() -> list[dict[str, Any]]:
                     "files": 0,
                 }
             )
-    return entries
+    return rows
 
 
 def loadable_names() -> list[str]:
     """Names `resolve_model` accepts offline: bundled aliases and every complete store entry."""
     return list(
-        dict.fromkeys([*store.BUNDLED, *(e["name"] for e in store.list_models() if e["status"] == "ok")])
+        dict.fromkeys([*store.BUNDLED, *(e["name"] for e in entries.list_models() if e["status"] == "ok")])
     )
 
 
 def verify(name: str) -> dict[str, Any]:
-    result = store.verify_models([name])[0]
+    result = verify_models([name])[0]
     return {
         "name": result["name"],
         "ok": not result["bad"] and not result["extra"],  # as `smolora models verify`: unlisted files fail
@@ -68,7 +69,7 @@ def verify(name: str) -> dict[str, Any]:
 
 
 def remove(name: str) -> dict[str, Any]:
-    path, freed = store.remove_model(name)
+    path, freed = entries.remove_model(name)
     return {"removed": path.name, "freed": freed}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from smolora.config import RunConfig, apply_overrides, build_config
+from smolora.config_problems import MAX_PROBLEMS
 from smolora.errors import ConfigError, DatasetError
 from smolora.redact import mask_data
 from smolora.runs import live_dir
@@ -35,15 +36,11 @@ SECTIONS = list(RunConfig.model_fields)
 REMOTE_CODE = ("trust_remote_code", "allow_pickle")
 
 
-def parse_problems(message: str) -> list[dict[str, str]]:
-    """`build_config`'s message ("src: 2 problem(s):\\n  a.b: msg") -> [{"path", "message"}]."""
-    lines = message.splitlines()
-    body = lines[1:] if len(lines) > 1 and "problem(s)" in lines[0] else lines
-    out = []
-    for line in body:
-        path, sep, msg = line.strip().partition(": ")
-        out.append({"path": path, "message": msg} if sep else {"path": "", "message": line.strip()})
-    return out
+def form_problems(e: ConfigError) -> list[dict[str, str]]:
+    """A ConfigError's problems as the form lists them ({"path", "message"}), as many as its message shows."""
+    problems = [{"path": p["loc"], "message": p["msg"]} for p in e.problems or [{"loc": "", "msg": str(e)}]]
+    more = len(problems) - MAX_PROBLEMS
+    return problems[:MAX_PROBLEMS] + [{"path": "", "message": f"... and {more} more"}] * (more > 0)
 
 
 def workspace_problems(data: dict[str, Any], workspace: Path) -> list[dict[str, str]]:
@@ -93,7 +90,8 @@ def remote_code_problems(data: dict[str, Any], allow: bool) -> list[dict[str, st
 def refuse_remote_code(overrides: list[str], allow: bool) -> None:
     problems = remote_code_problems(apply_overrides({}, overrides), allow)
     if problems:
-        raise ConfigError("; ".join(f"{p['path']}: {p['message']}" for p in problems))
+        message = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
+        raise ConfigError(message, [{"loc": p["path"], "msg": p["message"]} for p in problems])
 
 
 def masked_fields(data: Any, masked: Any, prefix: str = "") -> list[str]:
@@ -124,7 +122,7 @@ def preview(overrides: list[str], workspace: Path, allow_remote_code: bool = Fal
     try:
         cfg = build_config(data, "form")
     except ConfigError as e:
-        problems = parse_problems(str(e))
+        problems = form_problems(e)
     problems += workspace_problems(data, workspace) + remote_code_problems(data, allow_remote_code)
     if cfg is not None and cfg.data.path is None:
         problems.append({"path": "data.path", "message": "pick a training data file (see the Data view)"})
@@ -153,7 +151,8 @@ def start_training(
     """Write configs/<name>.yaml and start `smolora train` on it; raise ConfigError when invalid."""
     view = preview(overrides, workspace, allow_remote_code)
     if not view["ok"]:
-        raise ConfigError("; ".join(f"{p['path']}: {p['message']}".lstrip(": ") for p in view["problems"]))
+        message = "; ".join(f"{p['path']}: {p['message']}".lstrip(": ") for p in view["problems"])
+        raise ConfigError(message, [{"loc": p["path"], "msg": p["message"]} for p in view["problems"]])
     cfg = build_config(view["data"], "form")
     config_path = safe_path(workspace, view["config_file"])
     config_path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,6 @@
 
 import { $, api, badge, el, fmtNum, notice, shared, table } from "./common.js";
 
-let available = {}; // format -> "cli" | "function" | null
-
 async function loadRuns(select = null) {
   const { runs } = await api("/api/runs");
   const done = runs.filter((r) => r.has_adapter);
@@ -18,15 +16,8 @@ async function loadRuns(select = null) {
   if (pick.value) showParity(pick.value);
 }
 
-function updateAvailability() {
-  const fmt = $("#export-format").value;
-  const cmd = fmt === "merge" ? "smolora merge" : "smolora export";
-  const how = available[fmt];
-  $("#export-quant").disabled = fmt === "merge";
-  $("#export-btn").disabled = !how;
-  if (!how) notice($("#export-avail"), "error", `not available: this build has neither \`${cmd}\` nor the function behind it`);
-  else if (how === "function") notice($("#export-avail"), "info", `\`${cmd}\` is not in this build's CLI; the UI runs smolora.export's function in a subprocess instead`);
-  else notice($("#export-avail"), "", "");
+function updateQuant() {
+  $("#export-quant").disabled = $("#export-format").value === "merge"; // a merge keeps the weights' dtype
 }
 
 async function follow(job) {
@@ -101,19 +92,17 @@ async function showParity(run) {
 }
 
 export async function initExport() {
-  const info = await api("/api/info");
-  available = info.export || {};
-  $("#export-format").addEventListener("change", updateAvailability);
+  $("#export-format").addEventListener("change", updateQuant);
   $("#export-run").addEventListener("change", () => showParity($("#export-run").value));
   $("#export-btn").addEventListener("click", start);
   shared.exportRun = (path) => {
     shared.show("export");
     loadRuns(path);
   };
-  updateAvailability();
+  updateQuant();
 }
 
 export function showExport() {
   loadRuns().catch((e) => notice($("#export-notice"), "error", e.message));
-  updateAvailability();
+  updateQuant();
 }

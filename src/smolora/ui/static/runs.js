@@ -5,7 +5,6 @@ import { $, api, badge, el, fmtNum, notice, shared, svg, table } from "./common.
 import { lineChart } from "./chart.js";
 
 let runs = [];
-let canEval = false;
 
 // eval_score is [metric, base, fine-tuned] from `smolora eval` (exact match, else eval loss).
 function scores(r) {
@@ -37,7 +36,7 @@ function row(r) {
     "div",
     { class: "actions" },
     r.has_report ? el("a", { href: `/api/runs/file/${r.path}/eval/report.html`, target: "_blank", class: "button secondary", text: "report" }) : null,
-    r.has_adapter && canEval ? el("button", { class: "secondary", onclick: () => evaluate(r.path), text: "evaluate" }) : null,
+    r.has_adapter ? el("button", { class: "secondary", onclick: () => evaluate(r.path), text: "evaluate" }) : null,
     r.has_adapter ? el("button", { class: "secondary", onclick: () => { shared.chatWith && shared.chatWith(r.path); }, text: "chat" }) : null,
     r.has_adapter ? el("button", { class: "secondary", onclick: () => { shared.exportRun && shared.exportRun(r.path); }, text: "export" }) : null,
   );
@@ -59,14 +58,12 @@ function row(r) {
 async function load() {
   const res = await api("/api/runs");
   runs = res.runs;
-  canEval = res.can_eval;
   const box = $("#runs-table");
   if (!runs.length) {
     box.replaceChildren(el("div", { class: "muted", text: "no runs yet: start one in the Train view (runs land in runs/ of the workspace)" }));
     return;
   }
   box.replaceChildren(table(["", "run", "status", "base model", "method", "steps", "loss", "eval loss", "eval: base → tuned", "date", ""], runs.map(row)));
-  if (!canEval) notice($("#runs-notice"), "info", "smolora eval is not available in this build: reports cannot be made from here");
 }
 
 async function compare() {
