@@ -71,12 +71,12 @@ def child(mode: str, data: str, tokenizer_dir: str, home: str) -> dict:
         from smolora.data.stream import prepare_stream
 
         out = prepare_stream(cfg, tok, repeat=False)
-        n_rows = sum(1 for _ in out["train"])
+        n_rows = sum(1 for _ in out.train)
         n_examples = sum(1 for _ in open(data, encoding="utf-8"))
     else:
         out = prepare_data(cfg, tok)
-        n_rows = out["stats"]["n_train"] + out["stats"]["n_val"]
-        n_examples = out["stats"]["counts"]["input"]
+        n_rows = out.stats["n_train"] + out.stats["n_val"]
+        n_examples = out.stats["counts"]["input"]
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {

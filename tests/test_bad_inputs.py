@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from bad_inputs import CONFIG_CASES, DATA_CASES, HUGE_CASES, make_config_corpus, make_data_corpus
 from smolora.config import DataSection, load_config
 from smolora.data import read_records
-from smolora.data.pipeline import load_examples
+from smolora.data.encode import load_examples
 from smolora.data.stream import prepare_stream
 from smolora.errors import ConfigError, DatasetError
 
@@ -109,7 +109,7 @@ def stream_all(path: Path, tokenizer, text_mode: str) -> int:
         None,
         [f"data.path={path}", "data.streaming=true", "train.max_steps=1", f"data.text_mode={text_mode}"],
     )
-    return sum(1 for _ in prepare_stream(cfg, tokenizer, repeat=False)["train"])
+    return sum(1 for _ in prepare_stream(cfg, tokenizer, repeat=False).train)
 
 
 def run_cli(*args: str) -> tuple[int, str]:

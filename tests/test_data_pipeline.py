@@ -9,8 +9,9 @@ import pytest
 
 from smolora.config import build_config
 from smolora.data import inspect_data, prepare_data
-from smolora.data.pipeline import smolora_home, split_examples
+from smolora.data.pipeline import split_examples
 from smolora.errors import DatasetError
+from smolora.runs import smolora_home
 
 
 def run_cfg(path, **data):
@@ -24,16 +25,16 @@ def write_jsonl(path, rows):
 
 def test_prepare_data_columns_and_stats(qa_file, tiny_tokenizer):
     out = prepare_data(run_cfg(qa_file), tiny_tokenizer)
-    assert out["format"] == "qa" and out["mapping"] == {"prompt": "question", "response": "answer"}
-    assert out["train"].column_names == ["input_ids", "labels", "length", "n_labels"]
-    stats = out["stats"]
-    assert (stats["n_train"], stats["n_val"]) == (36, 4) and len(out["val"]) == 4
+    assert out.format == "qa" and out.mapping == {"prompt": "question", "response": "answer"}
+    assert out.train.column_names == ["input_ids", "labels", "length", "n_labels"]
+    stats = out.stats
+    assert (stats["n_train"], stats["n_val"]) == (36, 4) and len(out.val) == 4
     assert stats["counts"] == {"input": 40, "empty": 0, "duplicates": 0, "kept": 40}
     assert stats["zero_label_rows"] == 0 and stats["truncated"] == 0 and stats["cached"] is False
     assert (
         0 < stats["trainable_share"] < 1 and stats["tokens_max"] >= stats["tokens_p95"] >= stats["tokens_p50"]
     )
-    row = out["train"][0]
+    row = out.train[0]
     assert row["length"] == len(row["input_ids"]) and row["n_labels"] == sum(t != -100 for t in row["labels"])
     assert tiny_tokenizer.decode([t for t in row["labels"] if t != -100]).startswith("It is ")
 
@@ -41,25 +42,23 @@ def test_prepare_data_columns_and_stats(qa_file, tiny_tokenizer):
 def test_cache_hit_and_fingerprint(qa_file, tiny_tokenizer):
     first = prepare_data(run_cfg(qa_file), tiny_tokenizer)
     second = prepare_data(run_cfg(qa_file), tiny_tokenizer)
-    assert second["stats"]["cached"] is True and second["fingerprint"] == first["fingerprint"]
-    assert second["train"]["input_ids"] == first["train"]["input_ids"] and second["format"] == "qa"
-    assert (smolora_home() / "data" / first["fingerprint"] / "meta.json").exists()
+    assert second.stats["cached"] is True and second.fingerprint == first.fingerprint
+    assert second.train["input_ids"] == first.train["input_ids"] and second.format == "qa"
+    assert (smolora_home() / "data" / first.fingerprint / "meta.json").exists()
     assert not [p for p in (smolora_home() / "data").iterdir() if p.name.startswith(".")]  # no temp dirs left
     changed = prepare_data(run_cfg(qa_file, max_length=64), tiny_tokenizer)
-    assert changed["fingerprint"] != first["fingerprint"] and changed["stats"]["cached"] is False
+    assert changed.fingerprint != first.fingerprint and changed.stats["cached"] is False
     reseeded = prepare_data(
         build_config({"data": {"path": str(qa_file)}, "train": {"seed": 1}}), tiny_tokenizer
     )
-    assert reseeded["fingerprint"] != first["fingerprint"]
+    assert reseeded.fingerprint != first.fingerprint
     # a damaged cache is rebuilt, not trusted
-    shutil.rmtree(smolora_home() / "data" / first["fingerprint"] / "train")
+    shutil.rmtree(smolora_home() / "data" / first.fingerprint / "train")
     rebuilt = prepare_data(run_cfg(qa_file), tiny_tokenizer)
-    assert (
-        rebuilt["stats"]["cached"] is False and rebuilt["train"]["input_ids"] == first["train"]["input_ids"]
-    )
-    assert prepare_data(run_cfg(qa_file), tiny_tokenizer)["stats"]["cached"] is True
+    assert rebuilt.stats["cached"] is False and rebuilt.train["input_ids"] == first.train["input_ids"]
+    assert prepare_data(run_cfg(qa_file), tiny_tokenizer).stats["cached"] is True
     qa_file.write_text(qa_file.read_text() + json.dumps({"question": "New?", "answer": "Yes."}) + "\n")
-    assert prepare_data(run_cfg(qa_file), tiny_tokenizer)["fingerprint"] != first["fingerprint"]
+    assert prepare_data(run_cfg(qa_file), tiny_tokenizer).fingerprint != first.fingerprint
 
 
 def test_seeded_split_is_reproducible(qa_file, tiny_tokenizer, monkeypatch):
@@ -72,13 +71,13 @@ def test_seeded_split_is_reproducible(qa_file, tiny_tokenizer, monkeypatch):
     a = prepare_data(run_cfg(qa_file), tiny_tokenizer)
     monkeypatch.setenv("SMOLORA_HOME", str(qa_file.parent / "other-home"))  # no cache: recomputed
     b = prepare_data(run_cfg(qa_file), tiny_tokenizer)
-    assert b["stats"]["cached"] is False and a["val"]["input_ids"] == b["val"]["input_ids"]
+    assert b.stats["cached"] is False and a.val["input_ids"] == b.val["input_ids"]
 
 
 def test_val_path(qa_file, tmp_path, tiny_tokenizer):
     val = write_jsonl(tmp_path / "val.jsonl", [{"prompt": "Hi?", "completion": "Hello."}] * 3)
     out = prepare_data(run_cfg(qa_file, val_path=str(val)), tiny_tokenizer)
-    assert (out["stats"]["n_train"], out["stats"]["n_val"]) == (40, 1)  # val deduplicated on its own
+    assert (out.stats["n_train"], out.stats["n_val"]) == (40, 1)  # val deduplicated on its own
 
 
 def test_zero_label_rows_are_dropped_and_counted(tmp_path, tiny_tokenizer):
@@ -90,8 +89,8 @@ def test_zero_label_rows_are_dropped_and_counted(tmp_path, tiny_tokenizer):
     out = prepare_data(
         run_cfg(write_jsonl(tmp_path / "d.jsonl", rows), max_length=48, val_ratio=0), tiny_tokenizer
     )
-    assert out["stats"]["zero_label_rows"] == 3 and out["stats"]["truncated"] == 3
-    assert out["stats"]["n_train"] == 6 and out["val"] is None
+    assert out.stats["zero_label_rows"] == 3 and out.stats["truncated"] == 3
+    assert out.stats["n_train"] == 6 and out.val is None
 
 
 def test_all_rows_without_trainable_tokens_is_an_error(tmp_path, tiny_tokenizer):
@@ -103,7 +102,7 @@ def test_all_rows_without_trainable_tokens_is_an_error(tmp_path, tiny_tokenizer)
     with pytest.raises(DatasetError, match="all 3 rows have zero trainable tokens.*data.train_on=all"):
         prepare_data(cfg, tiny_tokenizer)
     cfg = run_cfg(tmp_path / "d.jsonl", max_length=32, val_ratio=0, train_on="all")
-    assert prepare_data(cfg, tiny_tokenizer)["stats"]["n_train"] == 3
+    assert prepare_data(cfg, tiny_tokenizer).stats["n_train"] == 3
 
 
 def test_nothing_left_after_cleaning_says_why(tmp_path, tiny_tokenizer):
@@ -123,8 +122,8 @@ def test_plain_text_pipeline_with_chunks(tmp_path, tiny_tokenizer):
     (tmp_path / "book.txt").write_text("The capital of France is Paris. " * 40)
     (tmp_path / "poem.md").write_text("Write a haiku about rivers and the sea.")
     out = prepare_data(run_cfg(tmp_path / "*", max_length=32, val_ratio=0), tiny_tokenizer)
-    assert out["format"] == "text" and out["stats"]["chunked"] == 1 and out["stats"]["n_train"] > 2
-    assert out["stats"]["trainable_share"] == 1.0 and max(out["train"]["length"]) == 32
+    assert out.format == "text" and out.stats["chunked"] == 1 and out.stats["n_train"] > 2
+    assert out.stats["trainable_share"] == 1.0 and max(out.train["length"]) == 32
 
 
 def test_inspect_data_report(tmp_path, tiny_tokenizer):

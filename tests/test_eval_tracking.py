@@ -55,7 +55,7 @@ def test_mlflow_and_wandb_log_into_the_run_dir(tiny_model_dir, qa_file, tmp_path
 def test_each_run_in_one_process_gets_its_own_mlflow_store_but_a_users_uri_wins(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from smolora.train.recipe import tracking_env
+    from smolora.train.progress import tracking_env
 
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
         monkeypatch.delenv(name, raising=False)

@@ -11,14 +11,19 @@ import torch
 
 from smolora.config import LoraSection, ModelSection, config_schema, load_config
 from smolora.data.collate import pad_batch
+from smolora.data.encode import PreparedData
 from smolora.errors import ConfigError, ModelError
 from smolora.generate import generate
 from smolora.model.adapters import METHODS
 from smolora.model.load import load_base, load_for_inference
 from smolora.model.loss import chunked_lm_loss
 from smolora.model.surgery import decoder_layers
-from smolora.train.recipe import loraplus_optimizer, save_adapter, train
+from smolora.train.recipe import train
+from smolora.train.result import save_adapter
+from smolora.train.trainer import loraplus_optimizer
 
+# what save_adapter records of the data (nothing here was prepared from a file)
+SAVED_DATA = PreparedData(None, None, {}, fingerprint="test", format="text", mapping={})
 TEXTS = [
     "The capital of France is Paris.",
     "product=lamp; qty=3; city=Lisbon",
@@ -84,7 +89,7 @@ def test_method_trains_saves_loads_and_generates(method, tiny_model_dir, tmp_pat
 
     run = tmp_path / "run"
     run.mkdir()
-    save_adapter(model, tokenizer, cfg, run, {"fingerprint": "test", "format": "text"})
+    save_adapter(model, tokenizer, cfg, run, SAVED_DATA)
     loaded, loaded_tokenizer, meta = load_for_inference(run, device="cpu")
     assert meta["method"] == method
     # Same function after the round trip (PiSSA/OLoRA: via their conversion to plain LoRA).
@@ -197,7 +202,7 @@ def test_qlora_on_cuda_trains_and_round_trips(bits, tiny_model_dir, tmp_path):
     assert losses[-1] < losses[0], losses
     run = tmp_path / "run"
     run.mkdir()
-    save_adapter(model, tokenizer, cfg, run, {"fingerprint": "test", "format": "text"})
+    save_adapter(model, tokenizer, cfg, run, SAVED_DATA)
     loaded, loaded_tokenizer, _ = load_for_inference(run, device="cuda")
     # The adapter now sits on the unquantized base: close to, not equal to, the 4/8-bit model.
     assert generate(loaded, loaded_tokenizer, ["What is 1 plus one?"], max_new_tokens=4)

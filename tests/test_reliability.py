@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import smolora.train.recipe as train_module
+import smolora.train.trainer as trainer_module
 from smolora.config import load_config
 from smolora.errors import TrainingError
 from smolora.train.checkpoints import MANIFEST, STAGING, check_checkpoint, checkpoints_of
@@ -246,7 +246,7 @@ def test_infinite_gradient_is_refused_before_the_optimizer_step(tiny_model_dir, 
 def test_out_of_memory_halves_the_micro_batch_and_continues(
     tiny_model_dir, qa_file, tmp_path, monkeypatch, caplog
 ):
-    real_loss = train_module.chunked_lm_loss
+    real_loss = trainer_module.chunked_lm_loss
     armed = {"on": False}
 
     def loss_that_runs_out_of_memory(model, input_ids, *a, **kw):
@@ -254,7 +254,7 @@ def test_out_of_memory_halves_the_micro_batch_and_continues(
             raise torch.OutOfMemoryError("CPU out of memory. Tried to allocate 12.00 GiB")
         return real_loss(model, input_ids, *a, **kw)
 
-    monkeypatch.setattr(train_module, "chunked_lm_loss", loss_that_runs_out_of_memory)
+    monkeypatch.setattr(trainer_module, "chunked_lm_loss", loss_that_runs_out_of_memory)
     arm = AtStep(4, lambda model: armed.update(on=True))  # batch 4 fits for 3 steps, then no more
     cfg = cfg_for(tiny_model_dir, qa_file, tmp_path, "train.max_steps=6", "train.save_every=100")
     with caplog.at_level(logging.WARNING, logger="smolora"):
@@ -277,7 +277,7 @@ def test_out_of_memory_at_batch_one_names_the_settings_to_lower(
     def always_oom(*a, **kw):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
 
-    monkeypatch.setattr(train_module, "chunked_lm_loss", always_oom)
+    monkeypatch.setattr(trainer_module, "chunked_lm_loss", always_oom)
     cfg = cfg_for(tiny_model_dir, qa_file, tmp_path, "train.max_steps=2", "train.batch_size=2")
     with pytest.raises(TrainingError, match="train.batch_size=1.*data.max_length.*gradient_checkpointing"):
         train(cfg, show_progress=False)

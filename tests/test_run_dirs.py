@@ -84,7 +84,7 @@ def test_an_untrained_save_after_real_steps_still_fails_without_blaming_fsdp(
         path = out_dir / "adapter_model.safetensors"
         save_file({k: v * 0 if "lora_B" in k else v for k, v in load_file(path).items()}, path)
 
-    monkeypatch.setattr(train_module, "save_weights", zero_b)
+    monkeypatch.setattr("smolora.train.result.save_weights", zero_b)
     cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=2", "train.warmup_ratio=0.5")
     with pytest.raises(SmoLoRAError, match="every lora_B is zero") as e:
         train(cfg, show_progress=False)

@@ -28,7 +28,6 @@ from smolora.data.collate import (
     padding_efficiency,
 )
 from smolora.model.loss import chunked_lm_loss, head_cross_entropy
-from smolora.train.recipe import SmoLoRATrainer
 from smolora.train.speed import (
     SparseDropout,
     apply_fast_path,
@@ -38,6 +37,7 @@ from smolora.train.speed import (
     sparse_dropout,
     use_sparse_dropout,
 )
+from smolora.train.trainer import SmoLoRATrainer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RTOL = 1e-5
@@ -368,7 +368,7 @@ def fake_report() -> dict:
 
 
 def test_bench_report_targets_records_and_docs(tmp_path):
-    from smolora.cli.bench import END, START, markdown, records, targets, write_docs
+    from smolora.bench.report import END, START, markdown, records, targets, write_docs
 
     report = fake_report()
     rows = {r[0]: r for r in targets(report)}

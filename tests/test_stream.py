@@ -14,7 +14,7 @@ from datasets.distributed import split_dataset_by_node
 
 from smolora.config import load_config
 from smolora.data import prepare_data
-from smolora.data.pipeline import encode_rows, load_examples
+from smolora.data.encode import encode_rows, load_examples
 from smolora.data.stream import make_shards, prepare_stream, read_shard
 from smolora.errors import DatasetError
 from smolora.model.load import load_tokenizer
@@ -76,7 +76,7 @@ def test_streaming_needs_max_steps(tiny_model_dir, qa_file, tmp_path):
 def test_streamed_rows_equal_the_in_memory_rows(tiny_model_dir, qa_file, tmp_path):
     cfg = stream_cfg(tiny_model_dir, qa_file, tmp_path)
     tok = load_tokenizer(tiny_model_dir)
-    streamed = list(prepare_stream(cfg, tok, repeat=False)["train"])
+    streamed = list(prepare_stream(cfg, tok, repeat=False).train)
     examples, *_ = load_examples(str(qa_file), cfg.data)
     rows, _ = encode_rows(examples, tok, cfg.data)
     key = lambda r: tuple(r["input_ids"])  # noqa: E731 (the stream is shuffled)
@@ -103,7 +103,7 @@ def test_each_rank_reads_only_its_own_shards(tmp_path, monkeypatch, tiny_model_d
     path = tmp_path / "d.jsonl"
     write_jsonl(path, 40)
     cfg = stream_cfg(tiny_model_dir, path, tmp_path)
-    stream = prepare_stream(cfg, load_tokenizer(tiny_model_dir), repeat=False)["train"]
+    stream = prepare_stream(cfg, load_tokenizer(tiny_model_dir), repeat=False).train
     assert stream.n_shards % 2 == 0
     parts = [[tuple(r["input_ids"]) for r in stream.shard(num_shards=2, index=rank)] for rank in (0, 1)]
     by_node = [[tuple(r["input_ids"]) for r in split_dataset_by_node(stream, rank, 2)] for rank in (0, 1)]
@@ -148,10 +148,10 @@ def test_num_proc_gives_the_same_rows_and_stats(tiny_model_dir, tmp_path, monkey
     serial = prepare_data(load_config(None, base), tok)
     monkeypatch.setenv("SMOLORA_HOME", str(tmp_path / "other-home"))  # no cache hit
     parallel = prepare_data(load_config(None, [*base, "data.num_proc=2"]), tok)
-    assert not parallel["stats"]["cached"]
-    assert parallel["train"].to_list() == serial["train"].to_list()
+    assert not parallel.stats["cached"]
+    assert parallel.train.to_list() == serial.train.to_list()
     drop = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
-    assert drop(parallel["stats"]) == drop(serial["stats"])
-    assert 0 < serial["stats"]["zero_label_rows"] < 80 and serial["stats"]["truncated"] > 0
+    assert drop(parallel.stats) == drop(serial.stats)
+    assert 0 < serial.stats["zero_label_rows"] < 80 and serial.stats["truncated"] > 0
     # the training set is read from memory-mapped Arrow files, not held on the heap
-    assert parallel["train"].cache_files
+    assert parallel.train.cache_files

@@ -281,7 +281,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         t1 = time.perf_counter()
         cached = prepare_data(cfg, tokenizer)
         t2 = time.perf_counter()
-        rows = fresh["stats"]["n_train"] + fresh["stats"]["n_val"]
+        rows = fresh.stats["n_train"] + fresh.stats["n_val"]
         clock = Clock()
         profiler = Profiler(
             max(args.warmup, 1)
@@ -303,7 +303,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         "preprocess_s": round(t1 - t0, 3),
         "preprocess_examples_per_s": round(rows / (t1 - t0), 1),
         "cached_preprocess_s": round(t2 - t1, 3),
-        "cached_hit": bool(cached["stats"].get("cached")),
+        "cached_hit": bool(cached.stats.get("cached")),
         "profile": profiler.table if profiler else None,
     }
 

@@ -2,7 +2,7 @@
 
 Run as:
     from smolora.data import prepare_data
-    data = prepare_data(cfg, tokenizer)     # {"train": Dataset, "val": Dataset | None, "stats": ...}
+    data = prepare_data(cfg, tokenizer)     # PreparedData: .train, .val (or None), .stats, ...
 """
 
 from smolora.data.clean import clean_examples

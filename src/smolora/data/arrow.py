@@ -19,6 +19,8 @@ import datasets
 from datasets.arrow_writer import ArrowWriter
 
 from smolora.config import DataSection
+from smolora.data.encode import FEATURES, encode_rows
+from smolora.data.parallel import encode_rows_parallel
 
 SLICE = 20_000  # examples encoded and written at a time
 
@@ -27,11 +29,8 @@ def encode_to_arrow(
     examples: list[dict], tokenizer, data: DataSection, path: Path
 ) -> tuple[datasets.Dataset | None, dict]:
     """(memory-mapped dataset or None when no row has a label, encode_rows-style info + sums)."""
-    from smolora.data.pipeline import FEATURES, encode_rows
-
-    encode = encode_rows
-    if (data.num_proc or 1) > 1:  # render + tokenize in num_proc worker processes (datasets.map)
-        from smolora.data.parallel import encode_rows_parallel as encode
+    # num_proc > 1: render + tokenize in num_proc worker processes (datasets.map)
+    encode = encode_rows_parallel if (data.num_proc or 1) > 1 else encode_rows
     info: dict = {"lengths": [], "labels": 0, "tokens": 0}
     counts = ("truncated", "chunked", "mask_fallback", "zero_label_rows", "n_rows")
     info.update(dict.fromkeys(counts, 0))

@@ -12,8 +12,10 @@ Run as:
 from __future__ import annotations
 
 from smolora.config import RunConfig
-from smolora.data.pipeline import encode_rows, length_stats, load_examples
-from smolora.data.read import expand_paths, is_hub_name
+from smolora.data.encode import encode_rows, load_examples
+from smolora.data.files import expand_paths
+from smolora.data.pipeline import length_stats
+from smolora.data.read import is_hub_name
 from smolora.data.render import IGNORE, encode_examples
 from smolora.errors import DatasetError
 

@@ -3,7 +3,7 @@
 Rendering a conversation with a chat template is Python (jinja), so one process uses one
 core however fast the Rust tokenizer is. With `data.num_proc: N` the examples go into an
 Arrow table and `datasets.map(num_proc=N)` encodes N slices at once. Same rows, same order,
-same statistics as `pipeline.encode_rows`; only faster on a machine with cores to spare.
+same statistics as `encode.encode_rows`; only faster on a machine with cores to spare.
 
 Run as:
     rows, info = encode_rows_parallel(examples, tokenizer, cfg.data)   # cfg.data.num_proc = 8
@@ -17,13 +17,12 @@ import uuid
 import datasets
 
 from smolora.config import DataSection
+from smolora.data.encode import encode_rows
 
 BATCH = 1_000  # examples per map call: big enough to amortise, small enough to spread over workers
 
 
 def _encode_batch(batch: dict, tokenizer, data: DataSection) -> dict:
-    from smolora.data.pipeline import encode_rows
-
     keys = list(batch)
     # Arrow fills a column an example lacks (e.g. "domain") with None: drop those again.
     examples = [
@@ -39,10 +38,8 @@ def _encode_batch(batch: dict, tokenizer, data: DataSection) -> dict:
 
 
 def encode_rows_parallel(examples: list[dict], tokenizer, data: DataSection) -> tuple[list[dict], dict]:
-    """`pipeline.encode_rows` spread over `data.num_proc` processes."""
+    """`encode.encode_rows` spread over `data.num_proc` processes."""
     if not examples:
-        from smolora.data.pipeline import encode_rows
-
         return encode_rows(examples, tokenizer, data)
     table = datasets.Dataset.from_list(examples)
     out = table.map(

@@ -7,7 +7,7 @@ the seed and the tokenizer, so a second run with the same inputs skips all of it
 
 Run as:
     data = prepare_data(cfg, tokenizer)
-    print(data["stats"]["n_train"], data["train"][0]["input_ids"][:10])
+    print(data.stats["n_train"], data.train[0]["input_ids"][:10])
 """
 
 from __future__ import annotations
@@ -24,49 +24,19 @@ from pathlib import Path
 
 import datasets
 
-from smolora.config import DataSection, RunConfig
+from smolora.config import RunConfig
 from smolora.data.arrow import encode_to_arrow
-from smolora.data.clean import clean_examples
-from smolora.data.formats import detect_format, to_examples
-from smolora.data.read import expand_paths, is_hub_name, open_data, read_records
-from smolora.data.render import IGNORE, encode_examples, ensure_chat_template
+from smolora.data.encode import PreparedData, load_examples
+from smolora.data.files import expand_paths, open_data
+from smolora.data.read import is_hub_name
+from smolora.data.render import ensure_chat_template
+from smolora.data.stream import prepare_stream
 from smolora.errors import DatasetError
+from smolora.runs import smolora_home
 
 log = logging.getLogger(__name__)
 
-ENCODE_SLICE = 2_048  # examples per tokenizer call (memory, see encode_rows)
 CACHE_VERSION = 1  # bump when the encoding changes, so old caches are not reused
-FEATURES = datasets.Features(
-    {
-        # int64: cross-entropy wants long targets, whatever collator reads these.
-        "input_ids": datasets.List(datasets.Value("int64")),
-        "labels": datasets.List(datasets.Value("int64")),
-        "length": datasets.Value("int64"),
-        "n_labels": datasets.Value("int64"),
-    }
-)
-
-
-def smolora_home() -> Path:
-    return Path(os.environ.get("SMOLORA_HOME") or "~/.cache/smolora").expanduser()
-
-
-def load_examples(path: str | list[str], data: DataSection) -> tuple[list[dict], str, dict, dict]:
-    """(clean examples, shape, mapping, cleaning counts) for one input: train or val.
-
-    `data.max_examples` stops the reading itself: a 50 GB file with max_examples=1000 reads 1000 rows.
-    """
-    data = data.model_copy(update={"path": path})  # error messages name this input
-    records = read_records(path, data.text_mode, data.split, data.max_examples)
-    fmt, mapping = detect_format(records, data)
-    examples = to_examples(records, fmt, mapping, data)
-    examples, counts = clean_examples(examples, dedupe=data.dedupe, normalize=data.clean)
-    if not examples:
-        raise DatasetError(
-            f"{path}: no examples left after cleaning: {counts['input']} read, {counts['empty']} empty "
-            f"(no text, or no user/assistant turn), {counts['duplicates']} duplicates"
-        )
-    return examples, fmt, mapping, counts
 
 
 def split_examples(examples: list[dict], val_ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -130,50 +100,18 @@ def fingerprint(cfg: RunConfig, tokenizer) -> str:
     return h.hexdigest()
 
 
-def encode_rows(examples: list[dict], tokenizer, data: DataSection) -> tuple[list[dict], dict]:
-    """Encoded rows with length and n_labels; rows with nothing to learn are dropped and counted."""
-    rows, zero = [], 0
-    info: dict = {"lengths": [], "truncated": 0, "chunked": 0, "mask_fallback": 0}
-    # In slices: one tokenizer call over a whole dataset holds ~30 KB of per-token objects per
-    # example at its peak (4 GB at 100k rows, measured), and the heap keeps that size afterwards.
-    for start in range(0, len(examples), ENCODE_SLICE):
-        per_example, part = encode_examples(
-            examples[start : start + ENCODE_SLICE],
-            tokenizer,
-            data.max_length,
-            data.train_on,
-            data.chunk_overlap,
-        )
-        info["lengths"] += part["lengths"]
-        for key in ("truncated", "chunked", "mask_fallback"):
-            info[key] += part[key]
-        for row in (r for rs in per_example for r in rs):
-            n_labels = len(row["labels"]) - row["labels"].count(IGNORE)
-            if n_labels == 0:
-                zero += 1  # the answer was cut by truncation (or was empty): nothing to learn
-                continue
-            rows.append({**row, "length": len(row["input_ids"]), "n_labels": n_labels})
-    info["zero_label_rows"], info["n_rows"] = zero, zero + len(rows)
-    return rows, info
-
-
-def _dataset(rows: list[dict]) -> datasets.Dataset:
-    columns = {k: [r[k] for r in rows] for k in FEATURES}
-    return datasets.Dataset.from_dict(columns, features=FEATURES)
-
-
-def _load_cache(cache: Path) -> dict | None:
+def _load_cache(cache: Path) -> PreparedData | None:
     if not (cache / "meta.json").exists():
         return None
     try:
         meta = json.loads((cache / "meta.json").read_text())
         train = datasets.load_from_disk(str(cache / "train"))
         val = datasets.load_from_disk(str(cache / "val")) if (cache / "val").exists() else None
+        return PreparedData(train=train, val=val, **meta)  # meta.json: stats, fingerprint, format, mapping
     except Exception as e:  # a damaged cache is only a cache: rebuild it
         log.warning("ignoring damaged data cache %s (%s)", cache, e)
         shutil.rmtree(cache, ignore_errors=True)
         return None
-    return {"train": train, "val": val, **meta}
 
 
 def _save_cache(cache: Path, train, val, meta: dict) -> None:
@@ -201,13 +139,11 @@ def _save_cache(cache: Path, train, val, meta: dict) -> None:
         log.warning("could not cache prepared data in %s (%s); continuing without", cache.parent, e)
 
 
-def prepare_data(cfg: RunConfig, tokenizer) -> dict:
+def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
     """Tokenized train/val datasets with columns input_ids, labels, length, n_labels."""
     t0 = time.perf_counter()
     d = cfg.data
     if d.streaming:  # larger than memory: tokenized on the fly, see stream.py
-        from smolora.data.stream import prepare_stream
-
         return prepare_stream(cfg, tokenizer)
     if not d.path:
         raise DatasetError(
@@ -218,7 +154,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> dict:
     cache = smolora_home() / "data" / fp
     cached = _load_cache(cache)
     if cached is not None:
-        cached["stats"] = {**cached["stats"], "cached": True, "seconds": round(time.perf_counter() - t0, 3)}
+        cached.stats = {**cached.stats, "cached": True, "seconds": round(time.perf_counter() - t0, 3)}
         return cached
 
     examples, fmt, mapping, counts = load_examples(d.path, d)
@@ -257,9 +193,9 @@ def prepare_data(cfg: RunConfig, tokenizer) -> dict:
     _save_cache(cache, train, val, meta)
     saved = _load_cache(cache)  # train from the cache's own (memory-mapped) files when it was written
     if saved is not None:
-        train, val = saved["train"], saved["val"]
+        train, val = saved.train, saved.val
     shutil.rmtree(build, ignore_errors=True)  # an open memory map outlives its deleted file
-    return {"train": train, "val": val, **meta}
+    return PreparedData(train=train, val=val, **meta)
 
 
 def _build_dir(cache: Path) -> Path:

@@ -14,7 +14,7 @@ split (give `data.val_path`), and no token-length statistics up front.
 
 Run as:
     data = prepare_stream(cfg, tokenizer)      # cfg.data.streaming and cfg.train.max_steps set
-    row = next(iter(data["train"]))            # {"input_ids": [...], "labels": [...], ...}
+    row = next(iter(data.train))               # {"input_ids": [...], "labels": [...], ...}
 """
 
 from __future__ import annotations
@@ -32,23 +32,13 @@ import datasets
 
 from smolora.config import DataSection, RunConfig
 from smolora.data.clean import clean_examples
+from smolora.data.encode import FEATURES, PreparedData, encode_rows, load_examples
+from smolora.data.files import check_hf_dir, expand_paths, is_hf_dir, open_data
 from smolora.data.formats import detect_format, to_examples
-from smolora.data.pipeline import FEATURES, encode_rows, load_examples
-from smolora.data.read import (
-    MAX_RECORD_CHARS,
-    SURROGATE_HINT,
-    check_hf_dir,
-    check_record_sizes,
-    expand_paths,
-    is_hf_dir,
-    is_hub_name,
-    iter_records,
-    json_problem,
-    lone_surrogate,
-    open_data,
-    parquet_records,
-    too_long,
-)
+from smolora.data.jsonl import SURROGATE_HINT, json_problem, lone_surrogate
+from smolora.data.limits import MAX_RECORD_CHARS, check_record_sizes, too_long
+from smolora.data.parquet import parquet_records
+from smolora.data.read import is_hub_name, iter_records
 from smolora.data.render import ensure_chat_template
 from smolora.errors import DatasetError, excerpt
 
@@ -225,8 +215,8 @@ def _hub_stream(name: str, split: str) -> datasets.IterableDataset:
     return ds.map(lambda r: {"record": r}, remove_columns=list(ds.column_names or []))
 
 
-def prepare_stream(cfg: RunConfig, tokenizer, repeat: bool = True) -> dict:
-    """Like `prepare_data`, with an endless tokenizing IterableDataset as "train".
+def prepare_stream(cfg: RunConfig, tokenizer, repeat: bool = True) -> PreparedData:
+    """Like `prepare_data`, with an endless tokenizing IterableDataset as `train`.
 
     `repeat=False` makes one pass (benchmarks, inspection); training needs the endless stream.
     """
@@ -290,4 +280,4 @@ def prepare_stream(cfg: RunConfig, tokenizer, repeat: bool = True) -> dict:
         "streaming": True,
         "cached": False,
     }
-    return {"train": train, "val": val, "stats": stats, "fingerprint": fp, "format": fmt, "mapping": mapping}
+    return PreparedData(train=train, val=val, stats=stats, fingerprint=fp, format=fmt, mapping=mapping)

@@ -62,7 +62,8 @@ def require_adapter(run_dir: Path) -> None:
 
 def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str = "validation") -> list[dict]:
     """The examples to evaluate on, capped at eval.max_examples (same rows for loss and generation)."""
-    from smolora.data.pipeline import load_examples, split_examples
+    from smolora.data.encode import load_examples
+    from smolora.data.pipeline import split_examples
 
     if data_path:
         # A saved DatasetDict or hub dataset has named splits; a plain file is read whole.
@@ -137,7 +138,7 @@ def answer_loss(model, tokenizer, examples: list[dict], cfg: RunConfig) -> dict[
     fine-tuned number matches the eval loss logged during training on the same split.
     """
     from smolora.data.collate import pad_batch
-    from smolora.data.pipeline import encode_rows
+    from smolora.data.encode import encode_rows
     from smolora.model.loss import chunked_lm_loss
 
     rows, _ = encode_rows(examples, tokenizer, cfg.data)

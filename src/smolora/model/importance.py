@@ -39,7 +39,7 @@ from smolora.model.surgery import PER_LAYER_CONFIG, decoder_layers, decoder_owne
 
 def importance_rows(path: str, tokenizer: Any, max_rows: int = 32, max_length: int = 256) -> list[dict]:
     """Tokenized rows with labels on the answers, as training would see them (first `max_rows`)."""
-    from smolora.data.pipeline import load_examples
+    from smolora.data.encode import load_examples
     from smolora.data.render import IGNORE, encode_examples
 
     data = DataSection(path=path, max_length=max_length)

@@ -29,8 +29,8 @@ from smolora.config import ModelSection
 from smolora.errors import ModelError
 from smolora.model.store import resolve_model
 from smolora.model.surgery import apply_surgery, decoder_layers, surgery_summary
+from smolora.runs import ADAPTER_DIR, ADAPTER_META, CHECKPOINTS_DIR, CONFIG_FILE, find_adapter_dir, read_meta
 
-ADAPTER_META = "smolora.json"
 # The weight files transformers looks for in a local directory, in its order.
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -137,6 +137,10 @@ def pick_device(pref: str = "auto") -> str:
 
 
 def pick_dtype(pref: str, device: str) -> torch.dtype:
+    """The dtype to load and compute in: `model.dtype` when set, else bf16 where the GPU has it, else fp32.
+
+    The one place this is decided: the fast path's bf16 autocast and the Unsloth loader ask here.
+    """
     if pref != "auto":
         return getattr(torch, pref)
     if device == "cuda" and torch.cuda.is_bf16_supported():
@@ -242,19 +246,6 @@ def load_base(cfg: ModelSection, device: str | None = None):
     return model, tokenizer
 
 
-def find_adapter_dir(path: str | Path) -> Path | None:
-    """A run directory or an adapter directory -> the directory holding smolora.json."""
-    p = Path(path)
-    for candidate in (p, p / "adapter"):
-        if (candidate / ADAPTER_META).exists():
-            return candidate
-    return None
-
-
-def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
-    return json.loads((adapter_dir / ADAPTER_META).read_text())
-
-
 def load_for_inference(name_or_run: str | Path, device: str | None = None, allow_pickle: bool | None = None):
     """A run dir, adapter dir or model name -> (model, tokenizer, meta), in eval mode.
 
@@ -269,19 +260,19 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None, allow
     adapter_dir = find_adapter_dir(name_or_run)
     if adapter_dir is None:
         p = Path(name_or_run)
-        if p.is_dir() and ((p / "checkpoints").exists() or (p / "config.yaml").exists()):
+        if p.is_dir() and ((p / CHECKPOINTS_DIR).exists() or (p / CONFIG_FILE).exists()):
             raise ModelError(
-                f"{p} has no adapter yet (no {p / 'adapter' / ADAPTER_META}); finish or resume the run: "
-                f"smolora train {p / 'config.yaml'} --resume"
+                f"{p} has no adapter yet (no {p / ADAPTER_DIR / ADAPTER_META}); finish or resume the run: "
+                f"smolora train {p / CONFIG_FILE} --resume"
             )
         model, tokenizer = load_base(ModelSection(name=str(name_or_run), allow_pickle=allow_pickle), device)
         model.eval()
         return model, tokenizer, {"base_model": str(name_or_run), "adapter": None}
-    meta = read_adapter_meta(adapter_dir)
+    meta = read_meta(adapter_dir)
     section = ModelSection(
-        name=meta["base_model"],
-        drop_layers=meta.get("drop_layers", []),
-        keep_layers=meta.get("keep_layers"),
+        name=meta.base_model,
+        drop_layers=meta.drop_layers,
+        keep_layers=meta.keep_layers,
         allow_pickle=allow_pickle,
     )
     if not (adapter_dir / "adapter_config.json").exists():
@@ -318,9 +309,9 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None, allow
     log.info(
         "loaded %s (%s) on base %s: %d decoder layers (layer surgery: %s)",
         adapter_dir,
-        meta.get("method", "lora"),
-        meta["base_model"],
+        meta.method,
+        meta.base_model,
         len(decoder_layers(model)),
         surgery_summary(section.drop_layers, section.keep_layers),
     )
-    return model, tokenizer, {**meta, "adapter": str(adapter_dir)}
+    return model, tokenizer, {**meta.to_dict(), "adapter": str(adapter_dir)}

@@ -1,6 +1,6 @@
 """What the training recipe needs to know when several processes run it at once.
 
-One process per GPU (or per CPU slot with gloo), all running train.py. Rank 0 alone writes
+One process per GPU (or per CPU slot with gloo), all running the recipe (recipe.py). Rank 0 alone writes
 the run directory; the others wait for it. The token counter becomes a global figure at
 every log; a stop request (Ctrl-C on one node) reaches every rank at the same step; under
 FSDP / DeepSpeed ZeRO-3 the weights are gathered before the adapter is written, and the

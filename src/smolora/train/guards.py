@@ -4,7 +4,7 @@ A non-finite loss (checked after every micro-batch) or gradient (checked before 
 optimizer step, so a bad update never reaches the weights) stops the run with the step,
 the last good checkpoint and a lower learning rate to try. Out-of-memory is not fatal while
 the micro-batch can shrink: `smaller_batch` halves `train.batch_size` and doubles
-`train.grad_accum` (the same effective batch), and train.py continues from the last step.
+`train.grad_accum` (the same effective batch), and the recipe continues from the last step.
 
 Run as:
     trainer.add_callback(NonFiniteGuard(run_dir, cfg.train.lr))

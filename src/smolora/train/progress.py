@@ -1,13 +1,15 @@
-"""What a training run tells the world: metrics.jsonl, train.log and a progress bar.
+"""What a training run tells the world: metrics.jsonl, a progress bar, and the tracking integrations.
 
 Run as:
-    trainer.add_callback(RunLogger(run_dir, counter, total_steps))
+    tracking_env(cfg, run_dir)     # tensorboard / mlflow / wandb write into the run directory
+    trainer.add_callback(RunLogger(run_dir, counter, show_progress=True))
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from smolora.logs import setup_logging  # noqa: F401  (re-exported for older imports)
+from smolora.config import RunConfig
+from smolora.runs import METRICS_FILE
 
 log = logging.getLogger("smolora")
 
@@ -29,7 +32,7 @@ class RunLogger(TrainerCallback):
     """
 
     def __init__(self, run_dir: Path, counter: dict[str, int], show_progress: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.counter = counter
         self.show_progress = show_progress
         self.progress: Progress | None = None
@@ -103,3 +106,24 @@ def _num(v: Any) -> float | None:
         return None if v is None else float(v)
     except (TypeError, ValueError):
         return None
+
+
+_SET_BY_US: dict[str, str] = {}  # environment values tracking_env set, so the next run may replace them
+
+
+def tracking_env(cfg: RunConfig, run_dir: Path) -> None:
+    """Point transformers' tracking integrations at the run directory, offline-safe."""
+    if "tensorboard" in cfg.train.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if "mlflow" in cfg.train.report_to:
+        # The user's own tracking server wins; one we set for an earlier run in this process does not.
+        if os.environ.get("MLFLOW_TRACKING_URI") in (None, _SET_BY_US.get("MLFLOW_TRACKING_URI")):
+            os.environ["MLFLOW_TRACKING_URI"] = _SET_BY_US["MLFLOW_TRACKING_URI"] = (
+                (run_dir / "mlruns").resolve().as_uri()
+            )
+        # mlflow 3 refuses a plain-folder store unless told; it needs no server or database.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    if "wandb" in cfg.train.report_to and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+        if os.environ.get("WANDB_DIR") in (None, _SET_BY_US.get("WANDB_DIR")):
+            os.environ["WANDB_DIR"] = _SET_BY_US["WANDB_DIR"] = str(run_dir)

@@ -8,8 +8,9 @@ on the LoRA inputs: `bernoulli_` draws one random number per input element (~25 
 each element is dropped independently with probability exactly p (Poisson splitting), for
 about p of the random numbers.
 
-`fast_path(cfg, device)` decides, per device, how batches are built and which optional
-kernels are used, and returns a plain dict that train.py logs.
+`fast_path(cfg, device)` decides, per device, how batches are built, whether to compute in
+bf16 and which optional kernels are used, and returns a plain dict: the recipe logs it and
+builds its TrainingArguments from it, so each of these is decided here once.
 
 Run as:
     plan = fast_path(cfg, "cpu")     # {"batching": "bucketed", "dropout": "sparse", ...}
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from smolora.config import RunConfig
+from smolora.model.load import pick_dtype
 
 log = logging.getLogger("smolora")
 
@@ -132,7 +134,7 @@ def pick_batching(cfg: RunConfig, device: str) -> str:
 
 
 def fast_path(cfg: RunConfig, device: str) -> dict[str, Any]:
-    """What this run uses to go fast on `device`, as a plain dict (train.py logs it)."""
+    """What this run uses to go fast on `device`, as a plain dict (the recipe logs it)."""
     cuda = device == "cuda"
     if cfg.lora.dropout == 0 or cfg.lora.method in ("full", "freeze"):
         dropout = "none"  # PEFT puts nn.Identity there when lora.dropout is 0
@@ -149,7 +151,10 @@ def fast_path(cfg: RunConfig, device: str) -> dict[str, Any]:
         "compile": cfg.train.compile,
         "liger": cuda and cfg.train.liger and installed("liger_kernel"),
         "backend": cfg.model.backend,
-        "bf16": cuda and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported(),
+        # Trainer's bf16 autocast: on a GPU with bf16 kernels, when the weights load in bf16.
+        "bf16": cuda
+        and torch.cuda.is_bf16_supported()
+        and pick_dtype(cfg.model.dtype, device) == torch.bfloat16,
         # Checkpointing is asked for to save memory: then also stop glibc's heap from keeping the
         # holes between activations (costs page faults, so only in this mode).
         "malloc": "mmap>=1MiB" if device == "cpu" and cfg.model.gradient_checkpointing else None,
@@ -220,51 +225,3 @@ def use_liger(model: nn.Module) -> bool:
         log.warning("liger kernels not applied (%s)", e)
         return False
     return True
-
-
-def load_unsloth(cfg: RunConfig, device: str):
-    """(model with LoRA, tokenizer) through unsloth.FastLanguageModel (seed 003's loader).
-
-    Untested here (it needs CUDA and the unsloth package); the errors say what to change.
-    """
-    from smolora.errors import ConfigError
-
-    if device != "cuda":
-        raise ConfigError(
-            f"model.backend=unsloth needs a CUDA GPU (this run is on {device}); use model.backend=hf"
-        )
-    if cfg.lora.method not in ("lora", "rslora"):
-        raise ConfigError(f"model.backend=unsloth supports lora.method lora or rslora, not {cfg.lora.method}")
-    try:
-        from unsloth import FastLanguageModel
-    except ImportError:
-        raise ConfigError("model.backend=unsloth: pip install unsloth, or use model.backend=hf") from None
-    from smolora.model.load import pickle_allowed_by_env, weights_format
-    from smolora.model.store import resolve_model
-
-    path = resolve_model(cfg.model.name, cfg.model.revision)
-    weights_format(path, cfg.model.allow_pickle or pickle_allowed_by_env())  # safetensors unless opted in
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(path),
-        max_seq_length=cfg.data.max_length,
-        dtype=None if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype),
-        load_in_4bit=cfg.model.load_in_4bit,
-    )
-    targets = cfg.lora.targets
-    model = FastLanguageModel.get_peft_model(
-        model,
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=(
-            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-            if targets in ("auto", "all-linear")
-            else targets
-        ),
-        use_gradient_checkpointing="unsloth" if cfg.model.gradient_checkpointing else False,
-        use_rslora=cfg.lora.method == "rslora",
-        random_state=cfg.train.seed,
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer

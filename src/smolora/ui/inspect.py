@@ -69,7 +69,7 @@ def histogram(lengths: list[int], max_length: int, bins: int = 24) -> dict[str, 
 
 def token_lengths(path: str, cfg: RunConfig, tokenizer: Any) -> list[int]:
     """Untruncated token lengths of every example (inspect_data reports only their summary)."""
-    from smolora.data.pipeline import load_examples
+    from smolora.data.encode import load_examples
     from smolora.data.render import encode_examples
 
     examples, *_ = load_examples(path, cfg.data)

@@ -1,0 +1,156 @@
+"""transformers' Trainer with SmoLoRA's loss, sampler and checkpoints, and the optimizer it is given.
+
+The loss runs the lm head only at labelled positions, in chunks (model/loss.py), and is
+normalised by the label count of the whole accumulated batch; buckets of equal-length rows
+come from data/collate.py; checkpoints are written into `checkpoints/.staging` and renamed
+into place (train/checkpoints.py).
+
+Run as:
+    trainer = SmoLoRATrainer(model=model, args=args, train_dataset=data.train, loss_chunk=1024)
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from smolora.config import RunConfig
+from smolora.data.collate import BucketSampler
+from smolora.model.loss import chunked_lm_loss
+from smolora.runs import CHECKPOINTS_DIR
+from smolora.train.checkpoints import STAGING, disk_full_error, is_disk_full, publish
+from smolora.train.distributed import global_tokens
+from smolora.train.guards import check_loss
+
+
+class SmoLoRATrainer(Trainer):
+    """transformers' Trainer with our loss: lm head only at labelled positions, in chunks."""
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_chunk: int = 1024,
+        counter: dict[str, int] | None = None,
+        batching: str = "bucketed",
+        run_dir: Path | None = None,
+        lr: float = 0.0,
+        **kw: Any,
+    ):
+        self.batching = batching  # read by _get_train_sampler, which super().__init__ may call
+        self.staging = False  # True while a checkpoint is being written (see _save_checkpoint)
+        super().__init__(*args, **kw)
+        self.run_dir = run_dir if run_dir is not None else Path(self.args.output_dir).parent
+        self.lr = lr
+        self.loss_chunk = loss_chunk
+        self.counter = counter if counter is not None else {"tokens": 0}
+        self.synced: dict[str, int] = {}  # the global token count at the last log (several processes)
+        # Our loss divides by the label count of the whole accumulated batch (num_items_in_batch),
+        # so Trainer must count it and must not divide by the accumulation steps again.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs.get("attention_mask")
+        if model.training:
+            self.counter["tokens"] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        total, n = chunked_lm_loss(
+            model,
+            inputs["input_ids"],
+            mask,
+            inputs["labels"],
+            chunk=self.loss_chunk,
+            position_ids=inputs.get("position_ids"),
+            plain=self.is_fsdp_enabled or self.is_deepspeed_enabled,
+        )
+        denominator = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
+        loss = total / denominator
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts the labels of all ranks and DDP averages the gradients over
+            # ranks: scale back up so N processes x batch b step like 1 process x batch N*b.
+            loss = loss * self.accelerator.num_processes
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        check_loss(loss, self.state.global_step + 1, self.run_dir, self.lr)  # NaN/inf: stop, say where
+        return loss
+
+    def _get_output_dir(self, trial=None) -> str:
+        root = super()._get_output_dir(trial)
+        return os.path.join(root, STAGING) if self.staging else root
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written into checkpoints/.staging and renamed into place with a manifest."""
+        root, step = Path(self._get_output_dir(trial)), self.state.global_step
+        staged = root / STAGING / f"checkpoint-{step}"
+        if self.args.should_save:
+            shutil.rmtree(root / STAGING, ignore_errors=True)  # what a crash mid-write left behind
+        self.accelerator.wait_for_everyone()
+        self.staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as e:  # any writer: torch (OSError, RuntimeError), safetensors (SafetensorError)
+            shutil.rmtree(root / STAGING, ignore_errors=True)
+            if is_disk_full(e):
+                raise disk_full_error(self.run_dir, step, e) from None
+            raise
+        finally:
+            self.staging = False
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            try:
+                publish(staged, root / f"checkpoint-{step}", step, self.args.save_total_limit)
+            except Exception as e:
+                shutil.rmtree(root / STAGING, ignore_errors=True)
+                if is_disk_full(e):
+                    raise disk_full_error(self.run_dir, step, e) from None
+                raise
+        self.accelerator.wait_for_everyone()
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        columns = getattr(dataset, "column_names", None) or []
+        if self.batching != "bucketed" or "length" not in columns:
+            return super()._get_train_sampler(train_dataset)  # grouped / random / streams
+        # Buckets of one micro-batch: each one is padded on its own.
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return BucketSampler(dataset["length"], self.args.per_device_train_batch_size, seed)
+
+    def log(self, logs: dict[str, float], *args: Any, **kw: Any) -> None:
+        global_tokens(self.counter, self.synced)  # every rank logs at the same steps: tokens/s is global
+        super().log(logs, *args, **kw)
+
+
+def loraplus_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer | None:
+    if not cfg.lora.plus_ratio:
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=cfg.train.lr,
+        loraplus_lr_ratio=cfg.lora.plus_ratio,
+        weight_decay=cfg.train.weight_decay,
+    )
+
+
+def checkpoint_after_oom(trainer: SmoLoRATrainer, run_dir: Path, previous: Path | None) -> Path | None:
+    """Save the state at the last finished step (the failed step left only partial gradients)."""
+    trainer.model.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    step = trainer.state.global_step
+    if step == 0:
+        return None  # nothing learnt yet: start again
+    if previous is not None and previous.name == f"checkpoint-{step}":
+        return previous
+    trainer._save_checkpoint(trainer.model, trial=None)
+    return run_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
