@@ -1,8 +1,9 @@
-"""Run the peer scripts alone (no SmoLoRA), one process after another, and print their results.
+"""The peer scripts (what a user would run instead of SmoLoRA), one process after another.
 
 The peers themselves are not copied here: they live in ../shared/bench/peers.py (or
-$SMOLORA_BENCH_DIR), and this runner calls them as subprocesses, exactly as
-`smolora bench` does. Without that directory it says so and exits.
+$SMOLORA_BENCH_DIR), and this runner calls them as subprocesses. Run alone it prints their
+results; `smolora bench` loads this file from the checkout (smolora.bench.launch.load_peers)
+and runs the peers beside SmoLoRA with `--peers`. Without that directory it says so and exits.
 
 Run as:
     python benchmarks/run_peers.py --modes naive,grouped --steps 2 --warmup 1
@@ -13,10 +14,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from smolora.bench.run import PEER_MODES, run_peer, shared_bench_dir
+from smolora.bench import launch
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_MODES = ["naive", "dynamic", "grouped", "trl", "trl-pack"]
+
+
+def shared_bench_dir() -> Path | None:
+    """The peers' directory: $SMOLORA_BENCH_DIR, or ../shared/bench next to the repository."""
+    for candidate in (os.environ.get("SMOLORA_BENCH_DIR"), REPO.parent / "shared" / "bench"):
+        if candidate and (Path(candidate) / "peers.py").exists():
+            return Path(candidate)
+    return None
+
+
+def run_peer(
+    mode: str,
+    model_dir: Path,
+    data: Path,
+    steps: int,
+    warmup: int,
+    peers_dir: Path,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """One peer in its own process: its PEER_RESULT, with the wall time and the load average around it."""
+    with tempfile.TemporaryDirectory(prefix=f"peer-{mode}-") as out:
+        cmd = [sys.executable, str(peers_dir / "peers.py"), "--mode", mode, "--model", str(model_dir)]
+        cmd += ["--data", str(data), "--steps", str(steps), "--warmup", str(warmup), "--out", out]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        result = launch.run_json_process(cmd, "PEER_RESULT ")
+    return {"name": mode, **result}
 
 
 def main() -> None:

@@ -275,7 +275,7 @@ def test_layers_importance_max_length_and_batch_size(tiny_model_dir, qa_file, tm
 @pytest.fixture
 def bench_workers(monkeypatch, tmp_path):
     """Fake benchmark workers: the command of each, answered with numbers of the right shape."""
-    import smolora.bench.run
+    from smolora.bench import launch, machine
     from test_speed import fake_report
 
     report = fake_report()
@@ -295,10 +295,10 @@ def bench_workers(monkeypatch, tmp_path):
             {"profile": [{"op": "aten::mm", "share": 0.5, "calls": 3}]} if "--profile" in cmd else {}
         )
 
-    monkeypatch.setattr(smolora.bench.run, "run_json_process", run_json_process)
-    monkeypatch.setattr(smolora.bench.run, "shared_bench_dir", lambda: peers)
-    monkeypatch.setattr(smolora.bench.run, "matmul_peak", lambda model_dir: report["matmul"])
-    monkeypatch.setattr(smolora.bench.run, "serve_bench", lambda model_dir: {"requests": 4, "errors": 0})
+    monkeypatch.setattr(launch, "run_json_process", run_json_process)
+    monkeypatch.setattr(launch.load_peers(), "shared_bench_dir", lambda: peers)  # benchmarks/run_peers.py
+    monkeypatch.setattr(machine, "matmul_peak", lambda model_dir: report["matmul"])
+    monkeypatch.setattr(launch, "serve_bench", lambda model_dir: {"requests": 4, "errors": 0})
     monkeypatch.setattr(torch, "set_num_threads", lambda n: commands.append(["set_num_threads", str(n)]))
     return commands
 
@@ -344,3 +344,21 @@ def test_bench_skip_peers_no_lowmem_no_extras(tiny_model_dir, qa_file, tmp_path,
         c for c in bench_workers if "--mode" in c or "--lowmem" in c or "load" in c or "generate" in c
     ]
     assert "--skip-peers" in docs.read_text() and "Serve load test" not in docs.read_text()
+
+
+def test_bench_writes_docs_only_when_asked(tiny_model_dir, qa_file, tmp_path, bench_workers, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a user's directory: no docs/benchmarks.md appears in it
+    args = ["bench", "--model", str(tiny_model_dir), "--data", str(qa_file), "--skip-peers", "--no-extras"]
+    out = ok([*args, "--steps", "1", "--warmup", "0"])
+    assert not (tmp_path / "docs").exists() and "written to" not in out
+
+
+def test_bench_outside_a_checkout_measures_smolora_alone(tiny_model_dir, qa_file, bench_workers, monkeypatch):
+    from smolora.bench import launch
+
+    # an installed package: no benchmarks/run_peers.py beside it
+    monkeypatch.setattr(launch, "load_peers", lambda: None)
+    args = ["bench", "--model", str(tiny_model_dir), "--data", str(qa_file), "--peers", "naive"]
+    out = ok([*args, "--no-lowmem", "--no-extras", "--steps", "1", "--warmup", "0"])
+    assert "peers skipped" in out and "benchmarks/run_peers.py" in out
+    assert [c for c in bench_workers if "train" in c] and not [c for c in bench_workers if "--mode" in c]

@@ -1,1 +1,4 @@
-"""`smolora bench`: SmoLoRA against the peer scripts, one process after another."""
+"""`smolora bench`: SmoLoRA's training speed and memory, one process after another.
+
+From a checkout, the peer scripts' too (benchmarks/run_peers.py).
+"""

@@ -1,29 +1,22 @@
-"""Measure SmoLoRA against the scripts a user would run instead, on the same model and data.
+"""The SmoLoRA benchmark worker: one measurement in this process, its result printed as one JSON line.
 
-Every training run (SmoLoRA's and each peer's) is its own process, one after another, so
-peak RSS (ru_maxrss) is comparable and no run slows another. The protocol is the peers'
-(`../shared/bench/peers.py`): batch 8, max length 512, answer-only loss, LoRA r=16
-alpha=32 dropout=0.05 on all 7 projections, float32; the clock opens at the end of the last
-warm-up step and closes at the end of the last step; real tokens are the non-pad tokens of
-the micro-batches in between.
-
-Also here: the fp32 matmul peak on the model's own shapes (the ceiling a training step can
-reach), model load time, preprocessing examples/s and generation tokens/s.
+`smolora bench` starts it once per measurement (bench/launch.py), so each has its own peak RSS.
+The protocol is the peers' (`../shared/bench/peers.py`): batch 8, max length 512, answer-only
+loss, LoRA r=16 alpha=32 dropout=0.05 on all 7 projections, float32; the clock opens at the
+end of the last warm-up step and closes at the end of the last step; real tokens are the
+non-pad tokens of the micro-batches in between.
 
 Run as:
-    smolora bench --steps 10 --warmup 2 --json bench.json
-    python -m smolora.bench.run train --model DIR --data bench.jsonl --steps 2 --warmup 1   # one worker
+    python -m smolora.bench.run train --model DIR --data bench.jsonl --steps 2 --warmup 1
+    python -m smolora.bench.run generate --model DIR --data bench.jsonl --prompts 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,196 +25,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-REPO = Path(__file__).resolve().parents[3]
-PEER_MODES = ["naive", "dynamic", "grouped", "trl", "trl-pack"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def shared_bench_dir() -> Path | None:
-    """The peers' directory: $SMOLORA_BENCH_DIR, or ../shared/bench next to the repository."""
-    for candidate in (os.environ.get("SMOLORA_BENCH_DIR"), REPO.parent / "shared" / "bench"):
-        if candidate and (Path(candidate) / "peers.py").exists():
-            return Path(candidate)
-    return None
-
-
-def machine() -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-
-    from smolora.model.load import physical_cores
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
-    versions.update(transformers=transformers.__version__, peft=peft.__version__)
-    try:
-        import trl
-
-        versions["trl"] = trl.__version__
-    except ImportError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "physical_cores": physical_cores(),
-        "avx512": " avx512f " in flags,
-        "amx": " amx_tile " in flags,
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "cuda": torch.cuda.is_available(),
-        "versions": versions,
-    }
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def matmul_peak(model_dir: Path, tokens: int = 1536, seconds: float = 0.5) -> dict[str, Any]:
-    """fp32 GFLOP/s of `x @ W^T` for every linear shape of the model, at `tokens` rows.
-
-    The peak is the best shape; the weighted mean weighs each shape by its FLOPs in one
-    forward pass (what a training step actually runs).
-    """
-    import torch
-
-    cfg = json.loads((model_dir / "config.json").read_text())
-    d, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * cfg.get(
-        "head_dim", d // cfg["num_attention_heads"]
-    )
-    shapes = {  # (in, out): times per layer
-        (d, d): 2,
-        (d, kv): 2,
-        (d, ff): 2,
-        (ff, d): 1,
-    }
-    layers = cfg["num_hidden_layers"]
-    rates, weights = {}, {}
-    for (k, m), per_layer in [*shapes.items(), ((d, v), 0)]:
-        x, w = torch.randn(tokens, k), torch.randn(m, k)
-        x @ w.T
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            x @ w.T
-            n += 1
-        rate = 2 * tokens * k * m * n / (time.perf_counter() - start) / 1e9
-        rates[f"{k}x{m}"] = round(rate, 1)
-        weights[f"{k}x{m}"] = 2 * k * m * (per_layer * layers or 1)
-    mean = sum(weights.values()) / sum(weights[s] / rates[s] for s in rates)
-    return {
-        "peak_gflops": max(rates.values()),
-        "weighted_gflops": round(mean, 1),
-        "per_shape": rates,
-        "tokens": tokens,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def model_flops_per_token(model_dir: Path) -> float:
-    """Nominal training FLOPs per token: 4 x parameters (2 forward, 2 for the input gradients;
-    LoRA needs no gradient for the frozen weights)."""
-    from safetensors import safe_open
-
-    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        n = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
-    return 4.0 * n
-
-
-# --- subprocess runners ------------------------------------------------------------------------
-
-
-def run_json_process(cmd: list[str], marker: str, timeout: float | None = None) -> dict[str, Any]:
-    """Run `cmd`; return the JSON after `marker` on its output, or {"error": ...}.
-
-    The 1-minute load average at the start and the end goes with it: on a shared machine it
-    says how much of the CPUs this tool had.
-    """
-    start, load = time.perf_counter(), os.getloadavg()[0]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "wall_s": round(time.perf_counter() - start, 1)}
-    info = {
-        "wall_s": round(time.perf_counter() - start, 1),
-        "load": [round(load, 2), round(os.getloadavg()[0], 2)],
-    }
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(marker):
-            return {**json.loads(line[len(marker) :]), **info}
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": f"exit {proc.returncode}: " + " | ".join(tail), **info}
-
-
-def run_peer(
-    mode: str,
-    model_dir: Path,
-    data: Path,
-    steps: int,
-    warmup: int,
-    peers_dir: Path,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix=f"peer-{mode}-") as out:
-        cmd = [sys.executable, str(peers_dir / "peers.py"), "--mode", mode, "--model", str(model_dir)]
-        cmd += ["--data", str(data), "--steps", str(steps), "--warmup", str(warmup), "--out", out]
-        if threads:
-            cmd += ["--threads", str(threads)]
-        result = run_json_process(cmd, "PEER_RESULT ")
-    return {"name": mode, **result}
-
-
-def worker_command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "smolora.bench.run", *args]
-
-
-def serve_bench(model_dir: Path, n: int = 32, concurrency: int = 8) -> dict[str, Any]:
-    """benchmarks/serve_load.py's run_serve_bench, when that file is in this checkout."""
-    path = REPO / "benchmarks" / "serve_load.py"
-    if not path.exists():
-        return {"error": f"{path} not found (the serve load test is not in this checkout)"}
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    try:
-        return module.run_serve_bench(str(model_dir), n=n, concurrency=concurrency)
-    except Exception as e:  # a benchmark of someone else's server must not lose the training numbers
-        return {"error": f"{type(e).__name__}: {e}"}
-
-
-def run_smolora(
-    model_dir: Path,
-    data: Path,
-    steps: int,
-    warmup: int,
-    threads: int | None = None,
-    profile: bool = False,
-    lowmem: bool = False,
-) -> dict[str, Any]:
-    """SmoLoRA's default fast path, or (lowmem) with gradient checkpointing for memory."""
-    cmd = worker_command(["train", "--model", str(model_dir), "--data", str(data)])
-    cmd += ["--steps", str(steps), "--warmup", str(warmup)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    if profile:
-        cmd += ["--profile"]
-    if lowmem:
-        cmd += ["--lowmem"]
-    name = "smolora-lowmem" if lowmem else "smolora"
-    return {"name": name, **run_json_process(cmd, "SMOLORA_RESULT ")}
-
-
-# --- the SmoLoRA worker (runs in its own process) -------------------------------------------------
 
 
 def bench_config(

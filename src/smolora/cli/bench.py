@@ -1,29 +1,30 @@
-"""`smolora bench`: SmoLoRA vs the peer scripts, the matmul ceiling, load, preprocessing, generation.
+"""`smolora bench`: SmoLoRA's speed and memory (in a checkout, the peers' too), one process after another.
 
-Prints a table, rewrites the generated part of docs/benchmarks.md (between the
-`<!-- bench:start -->` / `<!-- bench:end -->` markers; the prose around it is kept) and,
-with --json, writes one record per tool.
+Prints a table and the targets; with --json writes one record per tool; with --docs FILE
+rewrites the generated part of FILE (between the `<!-- bench:start -->` / `<!-- bench:end -->`
+markers; the prose around it is kept). Nothing is written unless asked. The peers run from
+benchmarks/run_peers.py when this is a SmoLoRA checkout (docs/benchmarks.md says how).
 
 Run as:
-    smolora bench --steps 10 --warmup 2 --json bench.json
+    smolora bench --steps 10 --warmup 2 --json bench.json --docs docs/benchmarks.md
     smolora bench --steps 2 --peers naive,grouped      # a quick look
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from smolora.bench.report import HEADER, command_line, markdown, records, table_rows, targets, write_docs
 from smolora.errors import SmoLoRAError
 
 console = Console()
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def bench(
@@ -34,9 +35,10 @@ def bench(
     ] = "naive,dynamic,grouped,trl,trl-pack",
     skip_peers: Annotated[bool, typer.Option("--skip-peers", help="Measure SmoLoRA only.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the records here.")] = None,
-    docs: Annotated[Path, typer.Option(help="Markdown file whose generated part is rewritten.")] = Path(
-        "docs/benchmarks.md"
-    ),
+    docs: Annotated[
+        Path | None,
+        typer.Option(help="Also rewrite the generated part of this Markdown file (e.g. docs/benchmarks.md)."),
+    ] = None,
     model: Annotated[str, typer.Option(help="Model name (alias, directory).")] = "smollm2-135m",
     data: Annotated[
         Path | None, typer.Option(help="Bench data (default: ../shared/bench/bench.jsonl).")
@@ -60,15 +62,8 @@ def bench(
 
     Example: smolora bench --steps 2 --peers naive,grouped --no-lowmem
     """
-    from smolora.bench import run as b
-    from smolora.model.load import physical_cores
-    from smolora.model.store import resolve_model
-
-    modes = [] if skip_peers else [m.strip() for m in peers.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in b.PEER_MODES]
-    if unknown:
-        raise SmoLoRAError(f"--peers: unknown mode(s) {unknown}; choose from {','.join(b.PEER_MODES)}")
-    peers_dir = b.shared_bench_dir()
+    modes, runner = choose_peers(peers, skip_peers)
+    peers_dir = runner.shared_bench_dir() if runner else None
     data = data or (peers_dir / "bench.jsonl" if peers_dir else None)
     if data is None or not data.exists():
         raise SmoLoRAError(
@@ -79,167 +74,51 @@ def bench(
         console.print("[yellow]peers skipped:[/] ../shared/bench/peers.py not found (set SMOLORA_BENCH_DIR)")
         modes = []
 
-    import torch
+    from smolora.bench.suite import run_suite  # torch, transformers: once the options are checked
 
-    threads = threads or physical_cores()
-    torch.set_num_threads(threads)
-    report: dict[str, Any] = {"command": command_line(steps, warmup, modes, skip_peers, json_out)}
-    report["machine"] = b.machine()
-    report["load_before"] = b.load_average()
-    started = time.perf_counter()
-
-    model_dir = resolve_model(model)  # converts the GGUF on a fresh clone (the first-time cost)
-    report["model"], report["data"] = str(model_dir), str(data)
-    console.print(f"matmul peak on {model_dir.name}'s shapes ...")
-    report["matmul"] = b.matmul_peak(model_dir)
-    report["flops_per_token"] = b.model_flops_per_token(model_dir)
-
-    runs = []
-    console.print(f"smolora: {warmup} + {steps} steps ...")
-    runs.append(b.run_smolora(model_dir, data, steps, warmup, threads, profile))
-    show_progress(runs[-1])
-    if lowmem:
-        console.print(f"smolora-lowmem (gradient checkpointing): {warmup} + {steps} steps ...")
-        runs.append(b.run_smolora(model_dir, data, steps, warmup, threads, lowmem=True))
-        show_progress(runs[-1])
-    for mode in modes:
-        console.print(f"peer {mode}: {warmup} + {steps} steps ...")
-        runs.append(b.run_peer(mode, model_dir, data, steps, warmup, peers_dir, threads))
-        show_progress(runs[-1])
-    report["runs"] = runs
-    if extras:
-        console.print("model load, generation ...")
-        home = str(model_dir.parent.parent) if model_dir.parent.name == "models" else None
-        load_cmd = ["load", "--model", model, "--threads", str(threads)]
-        load_cmd += (["--home", home] if home else []) + (["--convert"] if convert else [])
-        report["load"] = b.run_json_process(b.worker_command(load_cmd), "SMOLORA_RESULT ")
-        gen_cmd = ["generate", "--model", str(model_dir), "--data", str(data), "--threads", str(threads)]
-        report["generation"] = b.run_json_process(b.worker_command(gen_cmd), "SMOLORA_RESULT ")
-    if serve:
-        report["serve"] = b.serve_bench(model_dir)
-    report["load_after"] = b.load_average()
-    report["total_s"] = round(time.perf_counter() - started, 1)
-
+    report = run_suite(
+        model,
+        data,
+        steps,
+        warmup,
+        threads,
+        command=command_line(steps, warmup, modes, skip_peers, json_out),
+        modes=modes,
+        peers=runner,
+        peers_dir=peers_dir,
+        profile=profile,
+        lowmem=lowmem,
+        extras=extras,
+        convert=convert,
+        serve=serve,
+    )
     print_report(report)
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    write_docs(docs, markdown(report))
-    console.print(f"written to {docs}")
+    if docs:
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        write_docs(docs, markdown(report))
+        console.print(f"written to {docs}")
     if json_out:
         json_out.write_text(json.dumps(records(report), indent=2) + "\n")
         (json_out.with_suffix(".full.json")).write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"records written to {json_out} (everything: {json_out.with_suffix('.full.json')})")
 
 
-def command_line(steps: int, warmup: int, modes: list[str], skip: bool, json_out: Path | None) -> str:
-    cmd = f"smolora bench --steps {steps} --warmup {warmup}"
-    cmd += " --skip-peers" if skip else f" --peers {','.join(modes)}"
-    return cmd + (f" --json {json_out}" if json_out else "")
+def choose_peers(peers: str, skip: bool) -> tuple[list[str], ModuleType | None]:
+    """The peer modes to run, checked, and what runs them: benchmarks/run_peers.py of this checkout."""
+    from smolora.bench.launch import load_peers
 
-
-def show_progress(run: dict[str, Any]) -> None:
-    if "error" in run:
-        console.print(f"  [red]{run['name']} failed[/]: {run['error']}")
-    else:
-        console.print(f"  {run['name']}: {run['real_tokens_per_s']} real tokens/s ({run['wall_s']} s in all)")
-
-
-def records(report: dict[str, Any]) -> list[dict[str, Any]]:
-    keys = ("name", "real_tokens_per_s", "step_s", "peak_rss_mib", "last_loss")
-    return [{k: r.get(k) for k in (*keys, "error") if k in r} for r in report["runs"]]
-
-
-def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    """tool, real tok/s, step s, peak RSS, last loss, SmoLoRA / tool, share of matmul peak, wall s."""
-    ours = next((r for r in report["runs"] if r["name"] == "smolora" and "error" not in r), None)
-    peak = report["matmul"]["peak_gflops"]
-    rows = []
-    for r in report["runs"]:
-        if "error" in r:
-            rows.append([r["name"], "failed", "", "", "", "", "", str(r.get("wall_s", "")), load_text(r)])
-            continue
-        tps = r["real_tokens_per_s"]
-        ratio = f"{ours['real_tokens_per_s'] / tps:.2f}x" if ours and r is not ours else ""
-        share = tps * report["flops_per_token"] / 1e9 / peak
-        loss = r.get("last_loss")
-        rows.append(
-            [
-                r["name"],
-                f"{tps:.1f}",
-                f"{r['step_s']:.2f}",
-                f"{r['peak_rss_mib']:,}",
-                f"{loss:.4f}" if loss is not None else "-",
-                ratio,
-                f"{share:.0%}",
-                f"{r.get('wall_s', '')}",
-                load_text(r),
-            ]
-        )
-    return rows
-
-
-HEADER = [
-    "tool",
-    "real tok/s",
-    "step s",
-    "peak RSS MiB",
-    "last loss",
-    "SmoLoRA ÷ tool",
-    "% matmul peak",
-    "wall s",
-    "load 1m start→end",
-]
-
-
-def load_text(run: dict[str, Any]) -> str:
-    load = run.get("load")
-    return f"{load[0]}→{load[1]}" if load else ""
-
-
-def targets(report: dict[str, Any]) -> list[list[str]]:
-    """Each target: what was asked, what was measured, met or by how much it was missed."""
-    runs = {r["name"]: r for r in report["runs"] if "error" not in r}
-    ours = runs.get("smolora")
-    out = []
-
-    def add(name: str, want: float, got: float | None, unit: str, higher: bool = True) -> None:
-        if got is None:
-            out.append([name, f"{want:g}{unit}", "not measured", ""])
-            return
-        ok = got >= want if higher else got <= want
-        miss = "" if ok else f" (missed by {abs(got - want) / want:.0%})"
-        out.append(
-            [
-                name,
-                f"{'>=' if higher else '<='} {want:g}{unit}",
-                f"{got:.2f}{unit}",
-                ("met" if ok else "MISSED") + miss,
-            ]
-        )
-
-    tps = ours["real_tokens_per_s"] if ours else None
-    if "naive" in runs:
-        add("real tok/s vs naive", 3.0, tps and tps / runs["naive"]["real_tokens_per_s"], "x")
-    best = max(
-        (runs[m]["real_tokens_per_s"] for m in ("grouped", "trl", "trl-pack") if m in runs), default=None
-    )
-    if best:
-        add("real tok/s vs best of grouped/trl/trl-pack", 1.5, tps and tps / best, "x")
-    peak = report["matmul"]["peak_gflops"]
-    add("share of fp32 matmul peak", 0.7, tps and tps * report["flops_per_token"] / 1e9 / peak, "")
-    add("peak RSS, batch 8 x 512", 3072, ours and ours["peak_rss_mib"], " MiB", higher=False)
-    if "smolora-lowmem" in runs:
-        low = runs["smolora-lowmem"]
-        add("peak RSS, gradient checkpointing", 3072, low["peak_rss_mib"], " MiB", higher=False)
-        add(
-            "  its real tok/s vs best of grouped/trl/trl-pack",
-            1.5,
-            best and low["real_tokens_per_s"] / best,
-            "x",
-        )
-    add("model load from cache", 3.0, report.get("load", {}).get("cached_load_s"), " s", higher=False)
-    add("preprocessing", 5000, ours and ours.get("preprocess_examples_per_s"), " ex/s")
-    add("batched vs one-at-a-time generation", 3.0, report.get("generation", {}).get("speedup"), "x")
-    return out
+    runner = load_peers()
+    modes = [] if skip else [m.strip() for m in peers.split(",") if m.strip()]
+    if runner is None:  # an installed package: the peer scripts live in the repository, not in it
+        if modes:
+            console.print(
+                "[yellow]peers skipped:[/] benchmarks/run_peers.py is not here (run from a checkout)"
+            )
+        return [], None
+    unknown = [m for m in modes if m not in runner.PEER_MODES]
+    if unknown:
+        raise SmoLoRAError(f"--peers: unknown mode(s) {unknown}; choose from {','.join(runner.PEER_MODES)}")
+    return modes, runner
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -255,87 +134,3 @@ def print_report(report: dict[str, Any]) -> None:
     for row in targets(report):
         goals.add_row(*row)
     console.print(goals)
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def markdown(report: dict[str, Any]) -> str:
-    m, mm = report["machine"], report["matmul"]
-    ours = next((r for r in report["runs"] if r["name"] == "smolora"), {})
-    parts = [
-        f"Command: `{report['command']}` (total {report['total_s']} s, "
-        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}).",
-        "",
-        f"Machine: {m['cpu']}, {m['physical_cores']} physical cores / {m['logical_cpus']} logical CPUs, "
-        f"{m['memory_gib']} GiB, AVX-512 {'yes' if m['avx512'] else 'no'}, CUDA {'yes' if m['cuda'] else 'no'}. "
-        f"Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
-        "",
-        f"Load average (1, 5, 15 min) before: {report['load_before']}, after: {report['load_after']} "
-        f"(above {m['logical_cpus']} means other work shared the CPUs during the run).",
-        "",
-        f"fp32 matmul on the model's shapes ({mm['tokens']} rows, {mm['threads']} threads): peak "
-        f"{mm['peak_gflops']} GFLOP/s, FLOP-weighted mean {mm['weighted_gflops']} GFLOP/s "
-        f"({', '.join(f'{k}: {v}' for k, v in mm['per_shape'].items())}). One training token costs "
-        f"{report['flops_per_token'] / 1e9:.3f} GFLOP nominal (4 x parameters), so the peak allows "
-        f"{mm['peak_gflops'] / (report['flops_per_token'] / 1e9):.0f} tokens/s.",
-        "",
-        md_table(HEADER, table_rows(report)),
-        "",
-        md_table(["target", "wanted", "measured", ""], targets(report)),
-        "",
-    ]
-    if ours and "preprocess_s" in ours:
-        parts += [
-            f"Preprocessing ({ours['rows']} rows: read, detect, clean, render, tokenize, mask, save): "
-            f"{ours['preprocess_s']} s fresh = {ours['preprocess_examples_per_s']} examples/s; "
-            f"second time {ours['cached_preprocess_s']} s from the cache (cache hit: {ours['cached_hit']}).",
-            "",
-        ]
-    if "load" in report:
-        parts += [f"Model load: {json.dumps(report['load'])}.", ""]
-    if "generation" in report:
-        g = report["generation"]
-        if "error" in g:
-            parts += [f"Generation: failed ({g['error']}).", ""]
-        else:
-            parts += [
-                f"Generation ({g['prompts']} prompts, up to {g['max_new_tokens']} new tokens, greedy, KV cache): "
-                f"one at a time {g['one_at_a_time']['tokens_per_s']} tokens/s, batched "
-                f"{g['batched']['tokens_per_s']} tokens/s ({g['speedup']}x).",
-                "",
-            ]
-            if "decode_speedup" in g:
-                one, many = g["one_at_a_time"], g["batched"]
-                parts += [
-                    f"Of that, the prompt pass (timed alone with one new token): one at a time "
-                    f"{one['prefill_s']} s, batched {many['prefill_s']} s; decoding after it: one at a time "
-                    f"{one['decode_tokens_per_s']} tokens/s, batched {many['decode_tokens_per_s']} tokens/s "
-                    f"({g['decode_speedup']}x).",
-                    "",
-                ]
-    if ours.get("profile"):
-        parts += [
-            "SmoLoRA, one training step under torch.profiler (self CPU time):",
-            "",
-            md_table(
-                ["operator", "share", "calls"],
-                [[p["op"], f"{p['share']:.1%}", str(p["calls"])] for p in ours["profile"]],
-            ),
-            "",
-        ]
-    if "serve" in report:
-        parts += [f"Serve load test: `{json.dumps(report['serve'])}`", ""]
-    return "\n".join(parts)
-
-
-def write_docs(path: Path, generated: str) -> None:
-    block = f"{START}\n{generated}\n{END}"
-    if path.exists() and START in (text := path.read_text()) and END in text:
-        before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1]
-    else:
-        text = "# Benchmarks\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")

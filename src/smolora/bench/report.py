@@ -1,0 +1,207 @@
+"""The `smolora bench` report: records, the table, the targets met or missed, and its Markdown.
+
+`write_docs` replaces only the block between the `<!-- bench:start -->` / `<!-- bench:end -->`
+markers of a Markdown file; the prose around it is kept.
+
+Run as:
+    print(markdown(report))
+    write_docs(Path("docs/benchmarks.md"), markdown(report))   # smolora bench --docs docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def command_line(steps: int, warmup: int, modes: list[str], skip: bool, json_out: Path | None) -> str:
+    cmd = f"smolora bench --steps {steps} --warmup {warmup}"
+    cmd += " --skip-peers" if skip else f" --peers {','.join(modes)}"
+    return cmd + (f" --json {json_out}" if json_out else "")
+
+
+def records(report: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = ("name", "real_tokens_per_s", "step_s", "peak_rss_mib", "last_loss")
+    return [{k: r.get(k) for k in (*keys, "error") if k in r} for r in report["runs"]]
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """tool, real tok/s, step s, peak RSS, last loss, SmoLoRA / tool, share of matmul peak, wall s."""
+    ours = next((r for r in report["runs"] if r["name"] == "smolora" and "error" not in r), None)
+    peak = report["matmul"]["peak_gflops"]
+    rows = []
+    for r in report["runs"]:
+        if "error" in r:
+            rows.append([r["name"], "failed", "", "", "", "", "", str(r.get("wall_s", "")), load_text(r)])
+            continue
+        tps = r["real_tokens_per_s"]
+        ratio = f"{ours['real_tokens_per_s'] / tps:.2f}x" if ours and r is not ours else ""
+        share = tps * report["flops_per_token"] / 1e9 / peak
+        loss = r.get("last_loss")
+        rows.append(
+            [
+                r["name"],
+                f"{tps:.1f}",
+                f"{r['step_s']:.2f}",
+                f"{r['peak_rss_mib']:,}",
+                f"{loss:.4f}" if loss is not None else "-",
+                ratio,
+                f"{share:.0%}",
+                f"{r.get('wall_s', '')}",
+                load_text(r),
+            ]
+        )
+    return rows
+
+
+HEADER = [
+    "tool",
+    "real tok/s",
+    "step s",
+    "peak RSS MiB",
+    "last loss",
+    "SmoLoRA ÷ tool",
+    "% matmul peak",
+    "wall s",
+    "load 1m start→end",
+]
+
+
+def load_text(run: dict[str, Any]) -> str:
+    load = run.get("load")
+    return f"{load[0]}→{load[1]}" if load else ""
+
+
+def targets(report: dict[str, Any]) -> list[list[str]]:
+    """Each target: what was asked, what was measured, met or by how much it was missed."""
+    runs = {r["name"]: r for r in report["runs"] if "error" not in r}
+    ours = runs.get("smolora")
+    out = []
+
+    def add(name: str, want: float, got: float | None, unit: str, higher: bool = True) -> None:
+        if got is None:
+            out.append([name, f"{want:g}{unit}", "not measured", ""])
+            return
+        ok = got >= want if higher else got <= want
+        miss = "" if ok else f" (missed by {abs(got - want) / want:.0%})"
+        out.append(
+            [
+                name,
+                f"{'>=' if higher else '<='} {want:g}{unit}",
+                f"{got:.2f}{unit}",
+                ("met" if ok else "MISSED") + miss,
+            ]
+        )
+
+    tps = ours["real_tokens_per_s"] if ours else None
+    if "naive" in runs:
+        add("real tok/s vs naive", 3.0, tps and tps / runs["naive"]["real_tokens_per_s"], "x")
+    best = max(
+        (runs[m]["real_tokens_per_s"] for m in ("grouped", "trl", "trl-pack") if m in runs), default=None
+    )
+    if best:
+        add("real tok/s vs best of grouped/trl/trl-pack", 1.5, tps and tps / best, "x")
+    peak = report["matmul"]["peak_gflops"]
+    add("share of fp32 matmul peak", 0.7, tps and tps * report["flops_per_token"] / 1e9 / peak, "")
+    add("peak RSS, batch 8 x 512", 3072, ours and ours["peak_rss_mib"], " MiB", higher=False)
+    if "smolora-lowmem" in runs:
+        low = runs["smolora-lowmem"]
+        add("peak RSS, gradient checkpointing", 3072, low["peak_rss_mib"], " MiB", higher=False)
+        add(
+            "  its real tok/s vs best of grouped/trl/trl-pack",
+            1.5,
+            best and low["real_tokens_per_s"] / best,
+            "x",
+        )
+    add("model load from cache", 3.0, report.get("load", {}).get("cached_load_s"), " s", higher=False)
+    add("preprocessing", 5000, ours and ours.get("preprocess_examples_per_s"), " ex/s")
+    add("batched vs one-at-a-time generation", 3.0, report.get("generation", {}).get("speedup"), "x")
+    return out
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, mm = report["machine"], report["matmul"]
+    ours = next((r for r in report["runs"] if r["name"] == "smolora"), {})
+    parts = [
+        f"Command: `{report['command']}` (total {report['total_s']} s, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}).",
+        "",
+        f"Machine: {m['cpu']}, {m['physical_cores']} physical cores / {m['logical_cpus']} logical CPUs, "
+        f"{m['memory_gib']} GiB, AVX-512 {'yes' if m['avx512'] else 'no'}, CUDA {'yes' if m['cuda'] else 'no'}. "
+        f"Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
+        f"Load average (1, 5, 15 min) before: {report['load_before']}, after: {report['load_after']} "
+        f"(above {m['logical_cpus']} means other work shared the CPUs during the run).",
+        "",
+        f"fp32 matmul on the model's shapes ({mm['tokens']} rows, {mm['threads']} threads): peak "
+        f"{mm['peak_gflops']} GFLOP/s, FLOP-weighted mean {mm['weighted_gflops']} GFLOP/s "
+        f"({', '.join(f'{k}: {v}' for k, v in mm['per_shape'].items())}). One training token costs "
+        f"{report['flops_per_token'] / 1e9:.3f} GFLOP nominal (4 x parameters), so the peak allows "
+        f"{mm['peak_gflops'] / (report['flops_per_token'] / 1e9):.0f} tokens/s.",
+        "",
+        md_table(HEADER, table_rows(report)),
+        "",
+        md_table(["target", "wanted", "measured", ""], targets(report)),
+        "",
+    ]
+    if ours and "preprocess_s" in ours:
+        parts += [
+            f"Preprocessing ({ours['rows']} rows: read, detect, clean, render, tokenize, mask, save): "
+            f"{ours['preprocess_s']} s fresh = {ours['preprocess_examples_per_s']} examples/s; "
+            f"second time {ours['cached_preprocess_s']} s from the cache (cache hit: {ours['cached_hit']}).",
+            "",
+        ]
+    if "load" in report:
+        parts += [f"Model load: {json.dumps(report['load'])}.", ""]
+    if "generation" in report:
+        g = report["generation"]
+        if "error" in g:
+            parts += [f"Generation: failed ({g['error']}).", ""]
+        else:
+            parts += [
+                f"Generation ({g['prompts']} prompts, up to {g['max_new_tokens']} new tokens, greedy, KV cache): "
+                f"one at a time {g['one_at_a_time']['tokens_per_s']} tokens/s, batched "
+                f"{g['batched']['tokens_per_s']} tokens/s ({g['speedup']}x).",
+                "",
+            ]
+            if "decode_speedup" in g:
+                one, many = g["one_at_a_time"], g["batched"]
+                parts += [
+                    f"Of that, the prompt pass (timed alone with one new token): one at a time "
+                    f"{one['prefill_s']} s, batched {many['prefill_s']} s; decoding after it: one at a time "
+                    f"{one['decode_tokens_per_s']} tokens/s, batched {many['decode_tokens_per_s']} tokens/s "
+                    f"({g['decode_speedup']}x).",
+                    "",
+                ]
+    if ours.get("profile"):
+        parts += [
+            "SmoLoRA, one training step under torch.profiler (self CPU time):",
+            "",
+            md_table(
+                ["operator", "share", "calls"],
+                [[p["op"], f"{p['share']:.1%}", str(p["calls"])] for p in ours["profile"]],
+            ),
+            "",
+        ]
+    if "serve" in report:
+        parts += [f"Serve load test: `{json.dumps(report['serve'])}`", ""]
+    return "\n".join(parts)
+
+
+def write_docs(path: Path, generated: str) -> None:
+    block = f"{START}\n{generated}\n{END}"
+    if path.exists() and START in (text := path.read_text()) and END in text:
+        before, rest = text.split(START, 1)
+        text = before + block + rest.split(END, 1)[1]
+    else:
+        text = "# Benchmarks\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")

@@ -1,0 +1,101 @@
+"""`smolora bench` from start to end: the machine, every training run, load and generation, in one report.
+
+One process per measurement, one after another (bench/launch.py): SmoLoRA's fast path, then
+(lowmem) with gradient checkpointing, then each peer when benchmarks/run_peers.py is in this
+checkout; then the fp32 matmul ceiling's share, model load time, preprocessing and generation.
+
+Run as:
+    report = run_suite("smollm2-135m", Path("bench.jsonl"), steps=10, warmup=2)
+    print(report["runs"][0]["real_tokens_per_s"])
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rich.console import Console
+
+from smolora.bench import launch, machine
+from smolora.model.load import physical_cores
+from smolora.model.store import resolve_model
+
+console = Console()
+
+
+def run_suite(
+    model: str,
+    data: Path,
+    steps: int,
+    warmup: int,
+    threads: int | None = None,
+    *,
+    command: str = "",
+    modes: tuple[str, ...] | list[str] = (),
+    peers: ModuleType | None = None,
+    peers_dir: Path | None = None,
+    profile: bool = False,
+    lowmem: bool = True,
+    extras: bool = True,
+    convert: bool = False,
+    serve: bool = False,
+) -> dict[str, Any]:
+    """Everything `smolora bench` measures, as one dict (the report); `peers` runs `modes` (run_peers.py)."""
+    import torch
+
+    threads = threads or physical_cores()
+    torch.set_num_threads(threads)
+    report: dict[str, Any] = {"command": command}
+    report["machine"] = machine.machine()
+    report["load_before"] = machine.load_average()
+    started = time.perf_counter()
+
+    model_dir = resolve_model(model)  # converts the GGUF on a fresh clone (the first-time cost)
+    report["model"], report["data"] = str(model_dir), str(data)
+    console.print(f"matmul peak on {model_dir.name}'s shapes ...")
+    report["matmul"] = machine.matmul_peak(model_dir)
+    report["flops_per_token"] = machine.model_flops_per_token(model_dir)
+
+    runs = []
+    console.print(f"smolora: {warmup} + {steps} steps ...")
+    runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, profile))
+    show_progress(runs[-1])
+    if lowmem:
+        console.print(f"smolora-lowmem (gradient checkpointing): {warmup} + {steps} steps ...")
+        runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, lowmem=True))
+        show_progress(runs[-1])
+    for mode in modes:  # the CLI gives modes only with the module that runs them
+        console.print(f"peer {mode}: {warmup} + {steps} steps ...")
+        runs.append(peers.run_peer(mode, model_dir, data, steps, warmup, peers_dir, threads))
+        show_progress(runs[-1])
+    report["runs"] = runs
+    if extras:
+        report |= load_and_generation(model, model_dir, data, threads, convert)
+    if serve:
+        report["serve"] = launch.serve_bench(model_dir)
+    report["load_after"] = machine.load_average()
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def load_and_generation(
+    model: str, model_dir: Path, data: Path, threads: int, convert: bool
+) -> dict[str, Any]:
+    """Model load from the cache (`convert`: and a first GGUF conversion); generation batched and not."""
+    console.print("model load, generation ...")
+    home = str(model_dir.parent.parent) if model_dir.parent.name == "models" else None
+    load_cmd = ["load", "--model", model, "--threads", str(threads)]
+    load_cmd += (["--home", home] if home else []) + (["--convert"] if convert else [])
+    out = {"load": launch.run_json_process(launch.worker_command(load_cmd), "SMOLORA_RESULT ")}
+    gen_cmd = ["generate", "--model", str(model_dir), "--data", str(data), "--threads", str(threads)]
+    out["generation"] = launch.run_json_process(launch.worker_command(gen_cmd), "SMOLORA_RESULT ")
+    return out
+
+
+def show_progress(run: dict[str, Any]) -> None:
+    if "error" in run:
+        console.print(f"  [red]{run['name']} failed[/]: {run['error']}")
+    else:
+        console.print(f"  {run['name']}: {run['real_tokens_per_s']} real tokens/s ({run['wall_s']} s in all)")
