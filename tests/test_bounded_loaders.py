@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from smolora.config import DataSection, load_config
-from smolora.data import read
-from smolora.data.pipeline import load_examples, prepare_data
-from smolora.data.read import expand_paths, read_records
+from smolora.data import parquet
+from smolora.data.encode import load_examples
+from smolora.data.files import expand_paths
+from smolora.data.pipeline import prepare_data
+from smolora.data.read import read_records
 from smolora.data.stream import prepare_stream
 from smolora.errors import DatasetError
 
@@ -126,11 +128,11 @@ def test_max_examples_decodes_one_parquet_batch(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     path = tmp_path / "a.parquet"
-    n = 10_240  # ten batches of read.PARQUET_BATCH_ROWS (1024)
+    n = 10_240  # ten batches of parquet.PARQUET_BATCH_ROWS (1024)
     pq.write_table(pa.table({"question": [f"q{i}" for i in range(n)], "answer": ["a"] * n}), path)
     batches = []
-    real = getattr(read, "_row_bytes", None)  # measures each batch as it is decoded
-    monkeypatch.setattr(read, "_row_bytes", lambda *a: batches.append(1) or real(*a), raising=False)
+    real = getattr(parquet, "_row_bytes", None)  # measures each batch as it is decoded
+    monkeypatch.setattr(parquet, "_row_bytes", lambda *a: batches.append(1) or real(*a), raising=False)
     assert [r["question"] for r in read_records(str(path), max_examples=5)] == [f"q{i}" for i in range(5)]
     assert len(batches) == 1
     assert len(read_records(str(path))) == n and len(batches) == 11
