@@ -207,7 +207,7 @@ def test_lm_eval_runs_the_local_example_task_offline(tiny_run, monkeypatch):
 
 def test_a_new_metric_is_one_function_and_one_dict_entry(tiny_run, monkeypatch):
     """What docs/evaluation.md shows: add a function to METRICS and it is in metrics.json."""
-    from smolora import metrics
+    from smolora.eval import metrics
     from smolora.eval.evaluate import evaluate_run
 
     def answer_words(predictions: list[str], references: list[str]) -> float:

@@ -15,6 +15,7 @@ from smolora.errors import ExportError
 from smolora.export.gguf import write_gguf
 from smolora.export.merge import export_run, judge, merge_run, write_parity
 from smolora.export.ollama import modelfile_text, template_parts
+from smolora.runs import AdapterMeta
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -194,7 +195,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path, tiny_tokenizer):
 
     model = make_tiny_model(len(tiny_tokenizer), arch="gemma3")
     with pytest.raises(ExportError, match="GGUF export supports"):
-        write_gguf(model, tiny_tokenizer, tmp_path / "x.gguf", "f16", "x", {})
+        write_gguf(model, tiny_tokenizer, tmp_path / "x.gguf", "f16", "x", AdapterMeta(base_model="x"))
 
 
 def test_broken_parity_fails_loudly_after_writing_the_report(tmp_path):

@@ -152,12 +152,12 @@ def test_push_merged_model(fake_hub, tiny_run):
 
 
 def test_card_carries_eval_metrics(tiny_run):
-    from smolora.model.load import read_adapter_meta
+    from smolora.runs import read_meta
 
     (tiny_run / "eval").mkdir(exist_ok=True)
     metrics = {"base": {"exact_match": 0.1}, "fine_tuned": {"exact_match": 0.75}, "n": 12}
     (tiny_run / "eval" / "metrics.json").write_text(json.dumps(metrics))
-    card = model_card(tiny_run, read_adapter_meta(tiny_run / "adapter"), "me/x", merged=False)
+    card = model_card(tiny_run, read_meta(tiny_run / "adapter"), "me/x", merged=False)
     assert "| exact_match | 0.100 | 0.750 |" in card and "On 12 held-out examples" in card
 
 

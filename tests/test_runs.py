@@ -11,8 +11,20 @@ from typer.testing import CliRunner
 
 from smolora.cli.main import app
 from smolora.config import load_config, save_config
+from smolora.durable import fsync_dir, write_atomic
 from smolora.errors import SmoLoRAError
-from smolora.runs import compare_runs, list_runs, show_run
+from smolora.runs import (
+    ADAPTER_DIR,
+    ADAPTER_META,
+    AdapterMeta,
+    compare_runs,
+    find_adapter_dir,
+    list_runs,
+    read_meta,
+    require_run,
+    show_run,
+    write_meta,
+)
 
 
 def make_run(
@@ -105,3 +117,56 @@ def test_runs_show_bad_dir_is_a_user_error(runs, tmp_path):
     out = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "nope")])
     assert isinstance(out.exception, SmoLoRAError) and "smolora runs list" in str(out.exception)
     assert yaml.safe_load((runs / "r8" / "config.yaml").read_text())["lora"]["r"] == 8
+
+
+def test_adapter_meta_round_trip_keeps_unknown_keys_and_bytes(tmp_path):
+    """smolora.json written by train (every field, in order) reads and writes back byte for byte;
+    keys this version does not know survive; a file lacking a field reads as its default."""
+    written = {
+        "base_model": "smollm2-135m",
+        "base_sha256": "ab" * 32,
+        "method": "dora",
+        "drop_layers": [1],
+        "keep_layers": None,
+        "chat_template": "{{ messages }}",
+        "system_prompt": "Be brief.",
+        "data_fingerprint": "f00",
+        "data_format": "qa",
+        "versions": {"torch": "2.9"},
+        "from_a_newer_smolora": {"x": 1},
+    }
+    text = json.dumps(written, indent=2)
+    (tmp_path / ADAPTER_META).write_text(text)
+    meta = read_meta(tmp_path)
+    assert (
+        meta.method == "dora" and meta.drop_layers == [1] and meta.extra == {"from_a_newer_smolora": {"x": 1}}
+    )
+    write_meta(tmp_path, meta)
+    assert (tmp_path / ADAPTER_META).read_text() == text
+    older = AdapterMeta.from_dict({"base_model": "tiny"})
+    assert older.method == "lora" and older.drop_layers == [] and older.keep_layers is None
+    (tmp_path / ADAPTER_META).write_text(json.dumps({"method": "lora"}))
+    with pytest.raises(SmoLoRAError, match="no base_model"):
+        read_meta(tmp_path)
+
+
+def test_require_run_takes_a_run_or_its_adapter_dir(runs, tmp_path):
+    run = runs / "r16"
+    assert require_run(run) == run and require_run(run / ADAPTER_DIR) == run
+    assert find_adapter_dir(run) == run / ADAPTER_DIR == find_adapter_dir(run / ADAPTER_DIR)
+    assert find_adapter_dir(tmp_path) is None
+    with pytest.raises(SmoLoRAError, match="not a run directory.*smolora train CONFIG"):
+        require_run(tmp_path)
+
+
+def test_fsync_dir_says_at_the_call_whether_failing_is_an_error(tmp_path):
+    missing = tmp_path / "gone"
+    fsync_dir(
+        missing, best_effort=True
+    )  # runs and checkpoints: a directory that cannot be synced is no error
+    with pytest.raises(OSError):
+        fsync_dir(missing, best_effort=False)  # the model store: its manifest vouches for the files
+    target = tmp_path / "f.txt"
+    write_atomic(target, "one\n", best_effort=False)
+    write_atomic(target, "two\n", best_effort=True)
+    assert target.read_text() == "two\n" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]

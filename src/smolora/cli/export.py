@@ -22,7 +22,9 @@ RunArg = Annotated[str, typer.Argument(help="Run directory (or its adapter/ dire
 
 
 def print_parity(out_dir: Path) -> None:
-    parity = json.loads((out_dir / "parity.json").read_text())
+    from smolora.runs import PARITY_FILE
+
+    parity = json.loads((out_dir / PARITY_FILE).read_text())
     table = Table(title=f"parity vs the {parity['reference']} on {len(parity['prompts'])} held-out prompts")
     for col in ("artifact", "greedy match", "token agreement", "max logit diff", "perplexity", "verdict"):
         table.add_column(col, justify="left" if col == "artifact" else "right")

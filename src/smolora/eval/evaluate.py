@@ -29,6 +29,18 @@ from transformers import TrainerCallback
 from smolora.config import RunConfig, load_config
 from smolora.errors import DatasetError, SmoLoRAError
 from smolora.eval.metrics import LOWER_IS_BETTER, METRICS, exact_match, normalize  # noqa: F401 (re-exported)
+from smolora.runs import (
+    ADAPTER_DIR,
+    ADAPTER_META,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_METRICS,
+    GENERATIONS_FILE,
+    find_adapter_dir,
+    read_meta,
+    require_run,
+)
 
 log = logging.getLogger("smolora")
 
@@ -36,26 +48,20 @@ SPLITS = ("validation", "train")
 
 
 def run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
-    if not (run_dir / "config.yaml").exists():
-        raise SmoLoRAError(
-            f"{run_dir} is not a run directory (no config.yaml); train one with: smolora train CONFIG"
-        )
-    return load_config(run_dir / "config.yaml", overrides)
+    return load_config(require_run(run_dir) / CONFIG_FILE, overrides)
 
 
 def require_adapter(run_dir: Path) -> None:
     """Fail before any data or model is loaded when there is nothing fine-tuned to evaluate."""
-    from smolora.model.load import ADAPTER_META, find_adapter_dir
-
     if find_adapter_dir(run_dir) is None:
-        config = run_dir / "config.yaml"
+        config = run_dir / CONFIG_FILE
         fix = (
             f"finish the run with: smolora train {config} --resume"
-            if (run_dir / "checkpoints").is_dir()
+            if (run_dir / CHECKPOINTS_DIR).is_dir()
             else f"train it first: smolora train {config}"
         )
         raise SmoLoRAError(
-            f"{run_dir} has no adapter ({run_dir / 'adapter' / ADAPTER_META} is missing): {fix}, "
+            f"{run_dir} has no adapter ({run_dir / ADAPTER_DIR / ADAPTER_META} is missing): {fix}, "
             "or pass a finished run directory"
         )
 
@@ -190,16 +196,15 @@ def base_and_tuned(run_dir: Path) -> Iterator[tuple[str, Any, Any]]:
     from smolora.config import ModelSection
     from smolora.model.load import load_base, load_for_inference
 
-    model, tokenizer, meta = load_for_inference(run_dir)
+    model, tokenizer, _ = load_for_inference(run_dir)
     yield "fine_tuned", model, tokenizer
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             yield "base", model, tokenizer
         return
     del model
-    section = ModelSection(
-        name=meta["base_model"], drop_layers=meta.get("drop_layers", []), keep_layers=meta.get("keep_layers")
-    )
+    meta = read_meta(find_adapter_dir(run_dir))  # require_adapter found it before anything loaded
+    section = ModelSection(name=meta.base_model, drop_layers=meta.drop_layers, keep_layers=meta.keep_layers)
     base, base_tokenizer = load_base(section)
     base.eval()
     yield "base", base, base_tokenizer
@@ -216,7 +221,7 @@ def evaluate_run(
     report: bool = True,
 ) -> dict[str, Any]:
     """Score base and fine-tuned model, write RUN/eval/ (and the report), return what was written."""
-    run_dir = Path(run_dir)
+    run_dir = require_run(run_dir)  # a run, or its adapter/ directory
     cfg = run_config(run_dir, overrides)
     require_adapter(run_dir)
     # Everything that can fail on bad input fails here, before a model is loaded.
@@ -269,9 +274,9 @@ def evaluate_run(
             pairs, refs, outputs.get("base", []), outputs.get("fine_tuned", []), strict=True
         )
     ]
-    out_dir = run_dir / "eval"
+    out_dir = run_dir / EVAL_DIR
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / EVAL_METRICS).write_text(json.dumps(metrics, indent=2))
     (out_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     result: dict[str, Any] = {"metrics": metrics, "samples": samples, "dir": out_dir}
     if report:
@@ -293,7 +298,7 @@ class SampleGenerations(TrainerCallback):
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path, tokenizer, n_prompts: int = 3):
-        self.cfg, self.tokenizer, self.path = cfg, tokenizer, run_dir / "generations.jsonl"
+        self.cfg, self.tokenizer, self.path = cfg, tokenizer, run_dir / GENERATIONS_FILE
         try:
             self.pairs = prompt_pairs(held_out_examples(cfg))[:n_prompts]
         except SmoLoRAError as e:  # no held-out split: nothing to show, training goes on

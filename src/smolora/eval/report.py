@@ -16,11 +16,19 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from smolora.config import RunConfig
+from smolora.runs import (
+    EVAL_DIR,
+    GENERATIONS_FILE,
+    METRICS_FILE,
+    PLOTS_DIR,
+    find_adapter_dir,
+    read_jsonl,
+    read_meta,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -34,18 +42,6 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;
 td.text{white-space:pre-wrap;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.82rem}
 .samples th:first-child{width:34%}.samples td.num{width:1%}.hit{background:#dafbe1}.miss{background:#fff8c5}.kv td:first-child{color:#57606a;width:30%}
 """
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run is not worth failing a report for
-    return rows
 
 
 def loss_plot(log_rows: list[dict[str, Any]], path: Path) -> bytes:
@@ -111,10 +107,10 @@ def _save(fig: Any, path: Path) -> bytes:
 
 
 def config_summary(cfg: RunConfig, run_dir: Path) -> list[tuple[str, str]]:
-    from smolora.model.load import find_adapter_dir, read_adapter_meta
-
     adapter = find_adapter_dir(run_dir)
-    meta = read_adapter_meta(adapter) if adapter else {}
+    meta = read_meta(adapter) if adapter else None
+    sha = meta.base_sha256 if meta else None
+    data_format = meta.data_format if meta and meta.data_format is not None else cfg.data.format
     lora = cfg.lora
     method = (
         lora.method if lora.method in ("full", "freeze") else f"{lora.method} r={lora.r} alpha={lora.alpha}"
@@ -124,7 +120,7 @@ def config_summary(cfg: RunConfig, run_dir: Path) -> list[tuple[str, str]]:
         ("run", str(run_dir)),
         (
             "base model",
-            cfg.model.name + (f" (sha256 {meta['base_sha256'][:12]}...)" if meta.get("base_sha256") else ""),
+            cfg.model.name + (f" (sha256 {sha[:12]}...)" if sha else ""),
         ),
         ("method", method),
         (
@@ -135,7 +131,7 @@ def config_summary(cfg: RunConfig, run_dir: Path) -> list[tuple[str, str]]:
             "data",
             _paths(cfg.data.path) + (f" (val: {_paths(cfg.data.val_path)})" if cfg.data.val_path else ""),
         ),
-        ("data format", str(meta.get("data_format", cfg.data.format))),
+        ("data format", str(data_format)),
         ("max_length", str(cfg.data.max_length)),
         ("generation", f"greedy, max_new_tokens {cfg.eval.max_new_tokens}"),
     ]
@@ -197,7 +193,7 @@ def fmt(name: str, value: float) -> str:
 def generation_history(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """RUN/generations.jsonl (eval.generate_every) grouped by prompt, in step order."""
     by_prompt: dict[str, list[dict[str, Any]]] = {}
-    for row in read_jsonl(run_dir / "generations.jsonl"):
+    for row in read_jsonl(run_dir / GENERATIONS_FILE):
         by_prompt.setdefault(row["prompt"], []).append(row)
     return by_prompt
 
@@ -206,8 +202,8 @@ def write_report(
     run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], samples: list[dict[str, Any]]
 ) -> dict[str, Path]:
     """Write plots, report.md and report.html; return their paths."""
-    log_rows = read_jsonl(run_dir / "metrics.jsonl")
-    plots = run_dir / "plots"
+    log_rows = read_jsonl(run_dir / METRICS_FILE)
+    plots = run_dir / PLOTS_DIR
     images = {"loss": loss_plot(log_rows, plots / "loss.png")}
     bars = metrics_plot(metrics, plots / "metrics.png")
     if bars is not None:
@@ -219,7 +215,7 @@ def write_report(
         "samples": samples[: cfg.eval.num_samples],
         "history": generation_history(run_dir),
     }
-    out = run_dir / "eval"
+    out = run_dir / EVAL_DIR
     md, page = out / "report.md", out / "report.html"
     md.write_text(render_markdown(metrics, parts, sorted(images)), encoding="utf-8")
     page.write_text(render_html(metrics, parts, images), encoding="utf-8")

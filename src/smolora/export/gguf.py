@@ -23,6 +23,7 @@ import torch
 
 from smolora.errors import ExportError
 from smolora.generate import end_token_ids
+from smolora.runs import AdapterMeta
 
 GGUF_ARCHS = {"llama": "LLAMA", "qwen2": "QWEN2"}
 
@@ -105,11 +106,8 @@ def adds_bos(tokenizer: Any) -> bool:
     return tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
 
 
-def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, meta: dict[str, Any]) -> Path:
-    """Write a merged Llama/Qwen2 model with its tokenizer and chat template as one GGUF file."""
-    import gguf
-
-    cfg = model.config
+def check_supported(cfg: Any) -> None:
+    """ExportError, before anything is written, for a model this writer would get wrong."""
     if cfg.model_type not in GGUF_ARCHS:
         raise ExportError(
             f"GGUF export supports {sorted(GGUF_ARCHS)} models, not {cfg.model_type}; use `smolora merge` "
@@ -122,16 +120,24 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, me
         getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False)
     ):
         raise ExportError("GGUF export of Llama models with attention/MLP biases is not supported")
-    arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg.model_type])
-    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
-    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    n_vocab = state["model.embed_tokens.weight"].shape[0]
-    vocab = byte_level_vocab(tokenizer, n_vocab)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".gguf.partial")
-    w = gguf.GGUFWriter(str(partial), gguf.MODEL_ARCH_NAMES[arch])
+
+def heads(cfg: Any) -> tuple[int, int, int]:
+    """(attention heads, key/value heads, head dim)."""
+    n_head = cfg.num_attention_heads
+    return (
+        n_head,
+        cfg.num_key_value_heads or n_head,
+        getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head,
+    )
+
+
+def add_hyperparameters(w: Any, cfg: Any, quant: str, name: str, n_vocab: int) -> None:
+    """general.* and the architecture's own keys (llama.* / qwen2.*)."""
+    import gguf
+
+    n_head, n_kv, head_dim = heads(cfg)
+    rope = getattr(cfg, "rope_parameters", None) or {}
     w.add_name(name)
     w.add_file_type(
         {
@@ -151,6 +157,10 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, me
     w.add_rope_dimension_count(head_dim)
     w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+
+
+def add_tokenizer(w: Any, tokenizer: Any, vocab: dict[str, Any], meta: AdapterMeta) -> None:
+    """tokenizer.ggml.* (tokens, types, merges, special ids) and the chat template the run trained with."""
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(vocab["pre"])
     w.add_token_list(vocab["tokens"])
@@ -169,11 +179,16 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, me
         w.add_eot_token_id(eot[0])  # llama.cpp stops at end-of-turn as well as end-of-text
     w.add_add_bos_token(adds_bos(tokenizer))
     w.add_add_eos_token(False)
-    template = meta.get("chat_template") or tokenizer.chat_template
+    template = meta.chat_template or tokenizer.chat_template
     if template:
         w.add_chat_template(template)
-    w.add_string("smolora.base_model", str(meta.get("base_model", "")))
 
+
+def add_tensors(w: Any, cfg: Any, arch: Any, state: dict[str, np.ndarray], quant: str) -> None:
+    """Every weight under llama.cpp's name, Llama q/k permuted into its rotary layout."""
+    import gguf
+
+    n_head, n_kv, _ = heads(cfg)
     names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     tied = getattr(cfg, "tie_word_embeddings", False)
     for key, data in state.items():
@@ -189,6 +204,26 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, me
             data = permute_qk(data, n_kv)
         array, raw = gguf_tensor_type(key, data, quant)
         w.add_tensor(f"{gguf_name}.{suffix}", array, raw_dtype=raw)
+
+
+def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, meta: AdapterMeta) -> Path:
+    """Write a merged Llama/Qwen2 model with its tokenizer and chat template as one GGUF file."""
+    import gguf
+
+    cfg = model.config
+    check_supported(cfg)
+    arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg.model_type])
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    n_vocab = state["model.embed_tokens.weight"].shape[0]
+    vocab = byte_level_vocab(tokenizer, n_vocab)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".gguf.partial")
+    w = gguf.GGUFWriter(str(partial), gguf.MODEL_ARCH_NAMES[arch])
+    add_hyperparameters(w, cfg, quant, name, n_vocab)
+    add_tokenizer(w, tokenizer, vocab, meta)
+    w.add_string("smolora.base_model", str(meta.base_model))
+    add_tensors(w, cfg, arch, state, quant)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

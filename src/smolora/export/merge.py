@@ -31,6 +31,7 @@ from smolora.export.gguf import load_gguf, write_gguf
 from smolora.export.ollama import modelfile_text
 from smolora.generate import end_token_ids, to_messages
 from smolora.redact import mask_text
+from smolora.runs import MERGED_DIR, PARITY_FILE, AdapterMeta, find_adapter_dir, is_run, read_meta, run_dir_of
 
 log = logging.getLogger("smolora")
 
@@ -59,12 +60,12 @@ FIXED_PROMPTS = [
 # --- parity ------------------------------------------------------------------------------
 
 
-def parity_prompts(run_dir: Path, tokenizer: Any, meta: dict[str, Any], n: int = 4) -> list[dict]:
+def parity_prompts(run_dir: Path, tokenizer: Any, meta: AdapterMeta, n: int = 4) -> list[dict]:
     """Token ids of held-out prompts (the run's eval split when there is one) and prompt+answer."""
     from smolora.data.render import render_prompt
 
     pairs: list[dict] = []
-    if (run_dir / "config.yaml").exists():
+    if is_run(run_dir):
         from smolora.eval.evaluate import held_out, run_config
 
         try:
@@ -78,9 +79,7 @@ def parity_prompts(run_dir: Path, tokenizer: Any, meta: dict[str, Any], n: int =
         ]
     out = []
     for p in pairs[:n]:
-        text = render_prompt(
-            tokenizer, to_messages(p["messages"], meta.get("system_prompt")), p.get("domain")
-        )
+        text = render_prompt(tokenizer, to_messages(p["messages"], meta.system_prompt), p.get("domain"))
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(text + p["reference"], add_special_tokens=False)["input_ids"]
         out.append({"text": text, "prompt_ids": prompt_ids, "full_ids": full_ids})
@@ -185,7 +184,7 @@ def write_parity(out_dir: Path, report: dict[str, Any]) -> Path:
     """parity.json next to the artifact; raise ExportError (after writing it) if parity is broken."""
     failures = {name: row["broken"] for name, row in report["checks"].items() if row["broken"]}
     report["passed"] = not failures
-    path = out_dir / "parity.json"
+    path = out_dir / PARITY_FILE
     path.write_text(json.dumps(report, indent=2))
     if failures:
         what = "; ".join(f"{name}: {', '.join(b)}" for name, b in failures.items())
@@ -200,13 +199,15 @@ def load_reference(run: str | Path):
     """The adapter model in float32 on the CPU, its tokenizer and meta; never a quantized base."""
     from smolora.model.load import load_for_inference
 
-    model, tokenizer, meta = load_for_inference(run, device="cpu")
+    model, tokenizer, _ = load_for_inference(run, device="cpu")
+    adapter_dir = find_adapter_dir(run)
+    meta = read_meta(adapter_dir) if adapter_dir else AdapterMeta(base_model=str(run))  # a plain model
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         raise ExportError("refusing to merge into a quantized base; merging needs float weights")
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model.float()  # merge in full precision whatever the run trained in
-    if meta.get("chat_template"):
-        tokenizer.chat_template = meta["chat_template"]  # the template the model was trained with
+    if meta.chat_template:
+        tokenizer.chat_template = meta.chat_template  # the template the model was trained with
     return model, tokenizer, meta
 
 
@@ -231,13 +232,7 @@ def save_merged(model: Any, tokenizer: Any, out_dir: Path) -> Path:
     return out_dir
 
 
-def run_dir_of(run: str | Path) -> Path:
-    """The run directory for a run or adapter path ('runs/x' for 'runs/x/adapter')."""
-    p = Path(run)
-    return p.parent if p.name == "adapter" and (p / "smolora.json").exists() else p
-
-
-def prepare(run: str | Path) -> tuple[Any, Any, dict, list[dict], list[dict], dict]:
+def prepare(run: str | Path) -> tuple[Any, Any, AdapterMeta, list[dict], list[dict], dict]:
     """Load the adapter model and record its outputs on the parity prompts."""
     model, tokenizer, meta = load_reference(run)
     prompts = parity_prompts(run_dir_of(run), tokenizer, meta)
@@ -245,7 +240,7 @@ def prepare(run: str | Path) -> tuple[Any, Any, dict, list[dict], list[dict], di
     reference = model_outputs(model, prompts, eos, pad)
     report = {
         "source": str(run),
-        "base_model": meta.get("base_model"),
+        "base_model": meta.base_model,
         "reference": "adapter model" if hasattr(model, "merge_and_unload") else "model",
         "prompts": [mask_text(p["text"]) for p in prompts],  # pushed with the model: no tokens
         "tolerances": TOLERANCES,
@@ -256,7 +251,7 @@ def prepare(run: str | Path) -> tuple[Any, Any, dict, list[dict], list[dict], di
 
 def merge_run(run: str | Path, out: str | Path | None = None) -> Path:
     """Merge a run's adapter into its base, save it, check parity; returns the output directory."""
-    out_dir = Path(out) if out else run_dir_of(run) / "merged"
+    out_dir = Path(out) if out else run_dir_of(run) / MERGED_DIR
     model, tokenizer, meta, prompts, reference, report = prepare(run)
     merged = merge_model(model)
     eos, seqs = end_token_ids(tokenizer), [r["seq"] for r in reference]
@@ -301,7 +296,7 @@ def export_run(run: str | Path, fmt: str = "gguf", quant: str = "f16", out: str 
         gguf_tokenizer(p["text"], add_special_tokens=False)["input_ids"] == p["prompt_ids"] for p in prompts
     )
     stats["chat_template_match"] = gguf_tokenizer.chat_template == (
-        meta.get("chat_template") or tokenizer.chat_template
+        meta.chat_template or tokenizer.chat_template
     )
     report["checks"][f"gguf-{quant}"] = {
         **stats,
@@ -311,9 +306,9 @@ def export_run(run: str | Path, fmt: str = "gguf", quant: str = "f16", out: str 
         "broken": judge(stats, quant),
     }
     if fmt == "ollama":
-        template = meta.get("chat_template") or tokenizer.chat_template
+        template = meta.chat_template or tokenizer.chat_template
         (out_dir / "Modelfile").write_text(
-            modelfile_text(tokenizer, template, meta.get("system_prompt"), gguf_path.name, n_ctx)
+            modelfile_text(tokenizer, template, meta.system_prompt, gguf_path.name, n_ctx)
         )
     write_parity(out_dir, report)
     log.info("%s written to %s", fmt, out_dir)

@@ -2,7 +2,7 @@
 
 from smolora.model.adapters import METHODS, find_target_modules
 from smolora.model.load import load_base, load_for_inference, load_tokenizer, pick_device, pick_dtype
-from smolora.model.store import resolve_model, smolora_home
+from smolora.model.store import resolve_model
 from smolora.model.surgery import apply_surgery
 
 __all__ = [
@@ -15,5 +15,4 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "resolve_model",
-    "smolora_home",
 ]

@@ -15,15 +15,15 @@ Run as:
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
+from smolora.durable import fsync_dir, sha256_file, write_atomic
 from smolora.errors import TrainingError
-from smolora.runs import fsync_dir
+from smolora.runs import CHECKPOINTS_DIR, METRICS_FILE
 
 log = logging.getLogger("smolora")
 
@@ -31,17 +31,9 @@ MANIFEST = "smolora-checkpoint.json"
 STAGING = ".staging"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checkpoints_of(run_dir: Path) -> list[Path]:
     """checkpoint-N directories of a run, oldest first (by step, not by mtime)."""
-    found = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.is_dir()]
+    found = [p for p in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*") if p.is_dir()]
     return sorted((p for p in found if p.name.split("-")[-1].isdigit()), key=step_of)
 
 
@@ -51,7 +43,7 @@ def step_of(checkpoint: Path) -> int:
 
 def write_manifest(checkpoint: Path, step: int) -> None:
     files = {
-        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": sha256(p)}
+        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(checkpoint.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -78,7 +70,7 @@ def check_checkpoint(checkpoint: Path) -> str | None:
             return f"{name} missing"
         if path.stat().st_size != want["size"]:
             return f"{name} has {path.stat().st_size} bytes, expected {want['size']}"
-        if sha256(path) != want["sha256"]:
+        if sha256_file(path) != want["sha256"]:
             return f"{name} is corrupt (sha256 mismatch)"
     return None
 
@@ -111,22 +103,7 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
     for d in reversed(dirs):
-        fsync_dir(d)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: a temp file beside it, flushed, then os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+        fsync_dir(d, best_effort=True)  # some filesystems cannot sync a directory: training goes on
 
 
 def publish(staged: Path, final: Path, step: int, keep: int | None) -> None:
@@ -136,7 +113,7 @@ def publish(staged: Path, final: Path, step: int, keep: int | None) -> None:
     if final.exists():  # the same step saved twice (a retry after out-of-memory): newest wins
         shutil.rmtree(final)
     os.replace(staged, final)
-    fsync_dir(final.parent)
+    fsync_dir(final.parent, best_effort=True)
     shutil.rmtree(staged.parent, ignore_errors=True)  # .staging is empty now
     if keep and keep > 0:
         for old in checkpoints_of(final.parent.parent)[:-keep]:
@@ -164,7 +141,7 @@ def disk_full_error(run_dir: Path, step: int, e: BaseException, what: str | None
     free = shutil.disk_usage(run_dir).free / 2**20 if run_dir.exists() else 0.0
     ckpt, _ = good_checkpoint(run_dir)
     kept = f"{ckpt.name} is intact" if ckpt else "no earlier checkpoint exists"
-    where = what or f"checkpoint-{step} in {run_dir / 'checkpoints'}"
+    where = what or f"checkpoint-{step} in {run_dir / CHECKPOINTS_DIR}"
     return TrainingError(
         f"disk full while saving {where} ({free:.0f} MiB free; "
         f"{type(e).__name__}: {str(e)[:120]}); {kept}. Free some space (or lower train.keep_checkpoints, "
@@ -174,7 +151,7 @@ def disk_full_error(run_dir: Path, step: int, e: BaseException, what: str | None
 
 def trim_metrics(run_dir: Path, step: int) -> None:
     """Drop metrics.jsonl rows logged after `step`: a resumed run logs those steps again."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.exists():
         return
     keep = []
@@ -184,4 +161,5 @@ def trim_metrics(run_dir: Path, step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue  # a line cut short by the crash
-    write_atomic(path, "".join(x + "\n" for x in keep))  # a crash now leaves the old file, not half
+    # a crash now leaves the old file, not half; a directory that cannot be synced is no error here
+    write_atomic(path, "".join(x + "\n" for x in keep), best_effort=True)
