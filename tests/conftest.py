@@ -7,6 +7,7 @@ Everything is offline and takes seconds; the real bundled model is only used by 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -64,6 +65,12 @@ def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMOLORA_HOME", str(root / "home"))  # session fixtures start before isolated_home
         run = train(cfg, show_progress=False)
+    # train() leaves its train.log handler on the `smolora` logger (the next train() replaces it);
+    # drop it here so other tests' log lines do not grow the shared run's train.log.
+    logger = logging.getLogger("smolora")
+    for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(h)
+        h.close()
     before = tree_digest(run)
     yield run
     after = tree_digest(run)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smolora.config import load_config
+from helpers import tiny_config, write_qa
 from smolora.eval.metrics import METRICS
 from smolora.train.recipe import train
 
@@ -22,27 +22,17 @@ LM_EVAL_DIR = ROOT / "examples" / "lm_eval"
 def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
     """Six LoRA steps on question/answer pairs, eval loss and sample answers every 3 steps."""
     tmp = tmp_path_factory.mktemp("eval-run")
-    data = tmp / "qa.jsonl"
-    rows = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(40)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.path={data}",
-            "data.max_length=64",
-            "train.batch_size=4",
-            "train.lr=1e-2",
-            "train.max_steps=6",
-            "train.eval_every=3",
-            "train.save_every=100",
-            "train.report_to=[tensorboard]",
-            "eval.generate_every=3",
-            "eval.max_new_tokens=8",
-            "eval.batch_size=8",
-            f"output.dir={tmp / 'runs'}",
-            "output.name=tiny",
-        ],
+    cfg = tiny_config(
+        tiny_model_dir,
+        write_qa(tmp / "qa.jsonl", 40),
+        tmp,
+        "train.max_steps=6",
+        "train.eval_every=3",
+        "train.save_every=100",
+        "train.report_to=[tensorboard]",
+        "eval.generate_every=3",
+        "eval.max_new_tokens=8",
+        "eval.batch_size=8",
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMOLORA_HOME", str(tmp / "home"))

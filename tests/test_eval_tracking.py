@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from smolora.config import load_config
+from helpers import tiny_config
 from smolora.train.recipe import train
 
 TRACKING_ENV = (
@@ -31,19 +31,8 @@ def test_mlflow_and_wandb_log_into_the_run_dir(tiny_model_dir, qa_file, tmp_path
     for name in TRACKING_ENV:
         monkeypatch.setenv(name, "x")
         monkeypatch.delenv(name)
-    cfg = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.path={qa_file}",
-            "data.max_length=64",
-            "train.batch_size=4",
-            "train.max_steps=2",
-            "train.report_to=[mlflow, wandb]",
-            f"output.dir={tmp_path / 'runs'}",
-            "output.name=tracked",
-        ],
-    )
+    extra = ("train.max_steps=2", "train.report_to=[mlflow, wandb]", "output.name=tracked")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, *extra)
     run = train(cfg, show_progress=False)
     losses = list((run / "mlruns").glob("*/*/metrics/loss"))
     assert losses and losses[0].read_text().strip()  # mlflow's file store: one line per logged step

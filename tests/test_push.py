@@ -21,6 +21,7 @@ import pytest
 import torch
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the string annotations here
 
+from helpers import tiny_config
 from smolora.errors import ExportError
 from smolora.export.push import model_card, push_run
 
@@ -79,21 +80,15 @@ def fake_hub():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir):
-    from smolora.config import load_config
+    """This module's own tiny run (not conftest's shared one): its tests write eval/ into it."""
     from smolora.train.recipe import train
 
     root = tmp_path_factory.mktemp("push-run")
     data = root / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) + "\n" for i in range(24)))
-    overrides = [
-        f"model.name={tiny_model_dir}",
-        f"data.path={data}",
-        "data.max_length=64",
-        "train.batch_size=4",
-    ]
-    overrides += ["train.max_steps=2", "train.threads=1", f"output.dir={root / 'runs'}", "output.name=tiny"]
     torch.set_num_threads(1)
-    return train(load_config(None, overrides), show_progress=False)
+    cfg = tiny_config(tiny_model_dir, data, root, "train.max_steps=2", "train.threads=1")
+    return train(cfg, show_progress=False)
 
 
 def push_cli(fake_hub, *args: str) -> subprocess.CompletedProcess:

@@ -23,16 +23,16 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import smolora.train.trainer as trainer_module
+from helpers import tiny_config
 from smolora.config import load_config
 from smolora.errors import TrainingError
 from smolora.train.checkpoints import MANIFEST, STAGING, check_checkpoint, checkpoints_of
 from smolora.train.recipe import last_checkpoint, train
-from test_train import tiny_cfg
 
 
 def cfg_for(tiny_model_dir, data, tmp_path, *extra):
     every = ("train.threads=1", "train.save_every=2", "train.keep_checkpoints=3")
-    return tiny_cfg(tiny_model_dir, data, tmp_path, *every, *extra)
+    return tiny_config(tiny_model_dir, data, tmp_path, *every, *extra)
 
 
 def losses(run_dir):

@@ -13,11 +13,11 @@ import sys
 import pytest
 
 import smolora.train.recipe as train_module
+from helpers import tiny_config
 from smolora.config import build_config, load_config
 from smolora.errors import ConfigError, SmoLoRAError
 from smolora.runs import RUN_MARKER, find_runs, is_marked
 from smolora.train.recipe import prepare_run_dir, train
-from test_train import tiny_cfg
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "a\\b", "nul\0byte", " "])
@@ -53,7 +53,7 @@ def test_cli_refuses_dot_dot_and_deletes_nothing(tmp_path):
 
 def test_a_folder_without_the_marker_is_never_replaced(tiny_model_dir, qa_file, tmp_path):
     """`output.dir=. output.name=data` must not delete the user's data/."""
-    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=1", "output.name=data")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=1", "output.name=data")
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "mine.csv").write_text("a,b\n")
     with pytest.raises(SmoLoRAError, match=r"data exists and is not a SmoLoRA run; pick another output.name"):
@@ -64,7 +64,7 @@ def test_a_folder_without_the_marker_is_never_replaced(tiny_model_dir, qa_file, 
 
 def test_runs_carry_the_marker_and_one_step_smoke_run_succeeds(tiny_model_dir, qa_file, tmp_path):
     """max_steps=1 with warmup: step 1's learning rate is 0, so lora_B stays zero, and that is fine."""
-    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=1", "train.warmup_ratio=0.5")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=1", "train.warmup_ratio=0.5")
     run = train(cfg, show_progress=False)
     assert is_marked(run) and (run / "adapter" / "smolora.json").exists()
 
@@ -85,14 +85,14 @@ def test_an_untrained_save_after_real_steps_still_fails_without_blaming_fsdp(
         save_file({k: v * 0 if "lora_B" in k else v for k, v in load_file(path).items()}, path)
 
     monkeypatch.setattr("smolora.train.result.save_weights", zero_b)
-    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=2", "train.warmup_ratio=0.5")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=2", "train.warmup_ratio=0.5")
     with pytest.raises(SmoLoRAError, match="every lora_B is zero") as e:
         train(cfg, show_progress=False)
     assert "FSDP" not in str(e.value)
 
 
 def _finished(tiny_model_dir, qa_file, tmp_path, lr="1e-2"):
-    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=2", f"train.lr={lr}")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=2", f"train.lr={lr}")
     return cfg, train(cfg, show_progress=False)
 
 
@@ -148,14 +148,14 @@ def test_a_successful_rerun_replaces_previous_only_when_it_is_ours(tiny_model_di
 
 
 def test_resume_trains_in_place(tiny_model_dir, qa_file, tmp_path):
-    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=4", "train.save_every=2")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=4", "train.save_every=2")
     run = train(cfg, show_progress=False)
     assert prepare_run_dir(cfg, resume=True) == run  # no staging for --resume of the run itself
 
 
 def test_an_empty_folder_the_user_made_is_trained_into(tiny_model_dir, qa_file, tmp_path):
     """`mkdir runs/x` first is common; an empty folder holds nothing to lose, so it becomes the run."""
-    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=1", "output.name=made-by-me")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=1", "output.name=made-by-me")
     cfg.run_dir.mkdir(parents=True)
     assert prepare_run_dir(cfg, resume=False) == cfg.run_dir
     assert is_marked(cfg.run_dir)

@@ -11,11 +11,11 @@ import json
 
 import torch
 
+from helpers import tiny_config
 from smolora.export.push import model_card
 from smolora.runs import AdapterMeta
 from smolora.train.recipe import train
 from test_push import fake_hub, last_commit, push_cli  # noqa: F401 (fake_hub is a fixture)
-from test_train import tiny_cfg
 
 TOKEN = "hf_" + "Q7wErTy9UiOp3AsDfGh5JkLzXc1VbNm2Pq"  # 34 letters and digits, like a real one
 
@@ -33,7 +33,7 @@ def test_a_token_in_the_system_prompt_is_in_no_file_and_no_upload(fake_hub, tiny
     torch.set_num_threads(1)
     prompt = f"data.system_prompt=You answer briefly. Deploy with {TOKEN} only."
     limits = ("data.max_length=256", "train.max_steps=2", "train.save_every=1", "train.threads=1")
-    cfg = tiny_cfg(tiny_model_dir, data, tmp_path, prompt, *limits, "output.name=secret")
+    cfg = tiny_config(tiny_model_dir, data, tmp_path, prompt, *limits, "output.name=secret")
     run = train(cfg, show_progress=False)
     meta = json.loads((run / "adapter" / "smolora.json").read_text())
     assert meta["system_prompt"] == "You answer briefly. Deploy with hf_*** only."  # masked, rest kept

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
 
+from helpers import tiny_overrides
 from smolora.config import load_config
 from smolora.errors import ModelError
 from smolora.generate import generate
@@ -124,20 +125,8 @@ def four_layer_dir(tmp_path_factory, tiny_tokenizer):
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_surgery_recorded_and_reapplied_at_inference(method, four_layer_dir, qa_file, tmp_path):
-    cfg = load_config(
-        None,
-        [
-            f"model.name={four_layer_dir}",
-            f"data.path={qa_file}",
-            "model.drop_layers=[1]",
-            f"lora.method={method}",
-            "data.max_length=64",
-            "train.batch_size=4",
-            "train.max_steps=2",
-            f"output.dir={tmp_path}",
-            "output.name=pruned",
-        ],
-    )
+    extra = ("model.drop_layers=[1]", f"lora.method={method}", "train.max_steps=2")
+    cfg = load_config(None, tiny_overrides(four_layer_dir, qa_file, tmp_path, *extra))
     run = train(cfg, show_progress=False)
     meta = json.loads((run / "adapter" / "smolora.json").read_text())
     assert meta["drop_layers"] == [1] and meta["keep_layers"] is None

@@ -10,32 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smolora.config import load_config
+from helpers import tiny_config
 from smolora.errors import TrainingError
 from smolora.train.recipe import last_checkpoint, train
 
 
-def tiny_cfg(tiny_model_dir, data, tmp_path, *extra):
-    return load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.path={data}",
-            "data.max_length=64",
-            "train.batch_size=4",
-            "train.lr=1e-2",
-            "train.save_every=4",
-            "train.keep_checkpoints=5",
-            f"output.dir={tmp_path / 'runs'}",
-            "output.name=tiny",
-            *extra,
-        ],
-    )
-
-
 def test_run_directory_and_lora_moves_only_adapters(tiny_model_dir, qa_file, tmp_path):
     run = train(
-        tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=8", "train.eval_every=4"),
+        tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=8", "train.eval_every=4"),
         show_progress=False,
     )
     for name in (
@@ -73,7 +55,7 @@ def test_run_directory_and_lora_moves_only_adapters(tiny_model_dir, qa_file, tmp
 
 
 def test_resume_continues_from_last_checkpoint(tiny_model_dir, qa_file, tmp_path):
-    cfg = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=12")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=12")
     full = train(cfg, show_progress=False)
     full_losses = [
         json.loads(x)["loss"] for x in (full / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
@@ -82,7 +64,7 @@ def test_resume_continues_from_last_checkpoint(tiny_model_dir, qa_file, tmp_path
     # Simulate a crash after step 8: keep checkpoints up to 8, drop the adapter and later ones.
     import shutil
 
-    cfg2 = tiny_cfg(tiny_model_dir, qa_file, tmp_path, "train.max_steps=12", "output.name=crashed")
+    cfg2 = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=12", "output.name=crashed")
     shutil.copytree(full, cfg2.run_dir)
     shutil.rmtree(cfg2.run_dir / "adapter")
     shutil.rmtree(cfg2.run_dir / "checkpoints" / "checkpoint-12")
@@ -100,7 +82,7 @@ def test_resume_continues_from_last_checkpoint(tiny_model_dir, qa_file, tmp_path
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_model_dir, qa_file, tmp_path):
     with pytest.raises(TrainingError, match="no complete checkpoint"):
-        train(tiny_cfg(tiny_model_dir, qa_file, tmp_path), resume=True)
+        train(tiny_config(tiny_model_dir, qa_file, tmp_path), resume=True)
 
 
 def test_python_api(tiny_model_dir, qa_file, tmp_path):

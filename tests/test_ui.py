@@ -292,26 +292,15 @@ def test_sigint_saves_a_checkpoint_and_stops(tiny_model_dir, qa_file, tmp_path):
     from transformers import TrainerCallback
 
     import smolora.train.recipe as train_module
-    from smolora.config import load_config
+    from helpers import tiny_config
 
     class SignalAtStep3(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == 3:
                 signal.raise_signal(signal.SIGINT)
 
-    cfg = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.path={qa_file}",
-            "data.max_length=64",
-            "train.batch_size=4",
-            "train.max_steps=50",
-            "train.save_every=100",
-            f"output.dir={tmp_path / 'runs'}",
-            "output.name=stopped",
-        ],
-    )
+    extra = ("train.max_steps=50", "train.save_every=100", "output.name=stopped")
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, *extra)
     original = train_module.SmoLoRATrainer.__init__
 
     def with_signal(self, *a, **kw):

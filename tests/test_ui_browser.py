@@ -72,6 +72,7 @@ def workspace(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture(scope="module")
 def finished_runs(workspace) -> list[str]:
     """Two finished runs (trained in-process, seconds each) for the Runs, Chat and Export views."""
+    from helpers import tiny_overrides
     from smolora.config import load_config
     from smolora.train.recipe import train
 
@@ -79,19 +80,10 @@ def finished_runs(workspace) -> list[str]:
     os.environ["SMOLORA_HOME"] = str(workspace.parent / "home-runs")
     try:
         for name, extra in (("tiny-a", ["lora.r=16"]), ("tiny-b", ["lora.r=4", "train.lr=3e-3"])):
-            overrides = [
-                "model.name=tiny-llama",
-                "data.path=qa.jsonl",
-                "data.max_length=64",
-                "train.batch_size=4",
-                "train.lr=1e-2",
-                "train.max_steps=30",
-                "train.save_every=15",
-                "train.eval_every=10",
-                f"output.dir={workspace / 'runs'}",
-                f"output.name={name}",
-                *extra,
-            ]
+            steps = ("train.max_steps=30", "train.save_every=15", "train.eval_every=10")
+            overrides = tiny_overrides(
+                "tiny-llama", "qa.jsonl", workspace, *steps, f"output.name={name}", *extra
+            )
             # Relative model/data paths, as the UI writes them: train from inside the workspace.
             cwd = os.getcwd()
             os.chdir(workspace)
