@@ -3,7 +3,7 @@
 The layers, top to bottom (a module may import its own layer, acyclically, or any layer below):
 
     cli / ui / serve  ->  api  ->  train / eval / export / bench / doctor  ->  data / model / generate
-      ->  config / errors / runs / redact / logs
+      ->  config / errors / runs / durable / redact / logs
 
 Lazy imports inside functions count: a cycle hidden in a function body is still a cycle.
 """
@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "smolora"
 
 LAYERS = [
-    {"errors", "redact", "logs", "config", "runs"},
+    {"errors", "redact", "logs", "durable", "config_problems", "config", "runs"},
     {"data", "model", "generate"},
     {"train", "eval", "export", "bench", "doctor"},
     {"api"},

@@ -212,7 +212,8 @@ def check_bundled_package() -> dict[str, Any]:
 
 def check_converted_copy() -> dict[str, Any]:
     """The float32 safetensors copy in the store: present, and every file matching its manifest."""
-    from smolora.model.store import MANIFEST, human_size, models_dir, read_manifest, verify_model_dir
+    from smolora.model.store import MANIFEST, human_size, models_dir, read_manifest
+    from smolora.model.verify import verify_model_dir
 
     name = "converted copy"
     target = models_dir() / ALIAS
