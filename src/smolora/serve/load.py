@@ -13,23 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from smolora.errors import ExportError
+from smolora.runs import ADAPTER_DIR, find_adapter_dir, read_meta
 from smolora.serve.batching import Served
 
 
 def adapter_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    from smolora.model.load import find_adapter_dir, read_adapter_meta
-
     adapter_dir = find_adapter_dir(path)
     if adapter_dir is None:
         raise ExportError(f"--adapter {path}: no adapter there (no adapter/smolora.json); train a run first")
-    return adapter_dir, read_adapter_meta(adapter_dir)
+    return adapter_dir, read_meta(adapter_dir).to_dict()  # a dict like load_for_inference's meta
 
 
 def load_served(
     model_or_run: str, adapters: dict[str, str] | None = None, device: str | None = None
 ) -> Served:
     """Load a run (its base plus adapter) or a plain model, then any extra adapters onto the same base."""
-    from smolora.model.load import find_adapter_dir, load_for_inference
+    from smolora.model.load import load_for_inference
     from smolora.model.store import resolve_model
 
     adapters = dict(adapters or {})
@@ -49,7 +48,7 @@ def load_served(
         model, tokenizer, meta = load_for_inference(model_or_run, device)
         run_path = Path(model_or_run)
         primary_name = (
-            (run_path.parent.name if run_path.name == "adapter" else run_path.name) if primary else None
+            (run_path.parent.name if run_path.name == ADAPTER_DIR else run_path.name) if primary else None
         )
     base_name = str(meta["base_model"])
     names: dict[str, dict[str, Any]] = {}
