@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
+from smolora.runs import METRICS_FILE
 from smolora.ui import jobs, runs, training
 from smolora.ui.requests import ModelName
 from smolora.ui.state import UI, add_job, run_path, running_runs, runs_dirs
@@ -36,7 +37,7 @@ def runs_compare(a: str, b: str, ui: UI) -> dict[str, Any]:
 
 @router.get("/api/runs/metrics")
 def run_metrics(run: str, ui: UI) -> dict[str, Any]:
-    return {"rows": training.read_metrics(run_path(ui, run) / "metrics.jsonl")}
+    return {"rows": training.read_metrics(run_path(ui, run) / METRICS_FILE)}
 
 
 @router.get("/api/runs/file/{file_path:path}")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smolora.runs import compare_runs, find_runs, is_run, run_summary
+from smolora.runs import ADAPTER_DIR, ADAPTER_META, METRICS_FILE, compare_runs, find_runs, is_run, run_summary
 from smolora.ui.training import read_metrics
 
 
@@ -21,7 +21,7 @@ def summarize(run: Path, running: set[str]) -> dict[str, Any]:
     s = run_summary(run)
     if str(run.resolve()) in running:
         s["status"] = "running"
-    s["has_adapter"] = (run / "adapter" / "smolora.json").exists()
+    s["has_adapter"] = (run / ADAPTER_DIR / ADAPTER_META).exists()
     s["has_report"] = (run / "eval" / "report.html").exists()
     s["modified"] = max((p.stat().st_mtime for p in run.iterdir()), default=0.0)
     return s
@@ -35,7 +35,7 @@ def compare(a: Path, b: Path) -> dict[str, Any]:
     """compare_runs' config and metric differences, plus both loss curves for the chart."""
     out = compare_runs(a, b)
     out["names"] = {"a": a.name, "b": b.name}
-    out["curves"] = {"a": read_metrics(a / "metrics.jsonl"), "b": read_metrics(b / "metrics.jsonl")}
+    out["curves"] = {"a": read_metrics(a / METRICS_FILE), "b": read_metrics(b / METRICS_FILE)}
     return out
 
 

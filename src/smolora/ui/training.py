@@ -27,7 +27,7 @@ from smolora.config import RunConfig, apply_overrides, build_config
 from smolora.config_problems import MAX_PROBLEMS
 from smolora.errors import ConfigError, DatasetError
 from smolora.redact import mask_data
-from smolora.runs import live_dir
+from smolora.runs import CHECKPOINTS_DIR, METRICS_FILE, live_dir
 from smolora.ui.jobs import cli_argv, start_job
 from smolora.ui.workspace import OutsideWorkspace, check_data_path, relative, safe_path
 
@@ -212,7 +212,7 @@ def progress(job: dict[str, Any], since: int = 0) -> dict[str, Any]:
     """New metric rows plus step, total, loss, tokens/s and ETA for the Train view."""
     # A re-run of a finished name writes beside it (NAME.staging-<pid>) until it succeeded.
     live = live_dir(job["run_dir"], job["proc"].pid)
-    rows = read_metrics(live / "metrics.jsonl", job["started"] - 1)
+    rows = read_metrics(live / METRICS_FILE, job["started"] - 1)
     step = max((r.get("step", 0) for r in rows), default=0)
     now = time.time()
     seen = job["seen"]
@@ -237,7 +237,7 @@ def progress(job: dict[str, Any], since: int = 0) -> dict[str, Any]:
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "tokens_per_s": last.get("tokens_per_s"),
         "eta_s": round(eta, 1) if eta is not None else None,
-        "checkpoints": sorted(p.name for p in (live / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+        "checkpoints": sorted(p.name for p in (live / CHECKPOINTS_DIR).glob("checkpoint-*") if p.is_dir()),
         "train_log_tail": _tail(live / "train.log"),
         "config_file": relative(Path(job["cwd"]), Path(job["cwd"]) / "configs" / f"{job['name']}.yaml"),
     }

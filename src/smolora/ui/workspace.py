@@ -16,15 +16,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from smolora.runs import ADAPTER_DIR, ADAPTER_META, CHECKPOINTS_DIR, METRICS_FILE
+
 # Files the Data view offers; everything else in the workspace is not training data.
 DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"}
 # Directories never worth walking for data files (and big enough to slow the listing down).
-SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "checkpoints", "adapter", ".cache"}
+SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", CHECKPOINTS_DIR, ADAPTER_DIR, ".cache"}
 MAX_UPLOAD_BYTES = 512 * 2**20
 # Files that steer what gets loaded (a run's base model, a model's code and config): an upload
 # must never replace them, or a browser could point a run at a model outside the workspace.
 RESERVED_NAMES = {
-    "smolora.json",
+    ADAPTER_META,
     "adapter_config.json",
     "config.json",
     "generation_config.json",
@@ -118,7 +120,7 @@ def list_data_files(workspace: Path, limit: int = 500) -> list[dict]:
     for dirpath, dirnames, filenames in os.walk(root):
         # Hidden dirs and caches are skipped; pruning in place stops os.walk descending into them.
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        if Path(dirpath) != root and ("config.json" in filenames or "metrics.jsonl" in filenames):
+        if Path(dirpath) != root and ("config.json" in filenames or METRICS_FILE in filenames):
             dirnames[:] = []  # a model directory or a run directory: its JSON files are not data
             continue
         for name in filenames:
