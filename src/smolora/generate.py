@@ -10,6 +10,8 @@ Run as:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -102,6 +104,25 @@ def generation_kwargs(
         "eos_token_id": end_token_ids(tokenizer),
         **sampling_kwargs(do_sample, temperature, top_p),
     }
+
+
+@contextlib.contextmanager
+def plain_generation(model: Any) -> Iterator[None]:
+    """Decode with exactly the settings passed to generate().
+
+    generate() fills every setting left unset from the model's generation_config (a shipped
+    repetition_penalty, top_k, eos, ...); models that differ only there would then decode
+    differently, so the stored config is swapped for a blank one meanwhile.
+    """
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
 
 
 def end_token_ids(tokenizer: Any) -> list[int]:

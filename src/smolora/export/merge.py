@@ -16,11 +16,9 @@ Run as:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import torch
 from smolora.errors import ExportError, SmoLoRAError
 from smolora.export.gguf import load_gguf, write_gguf
 from smolora.export.ollama import modelfile_text
-from smolora.generate import end_token_ids, to_messages
+from smolora.generate import end_token_ids, plain_generation, to_messages
 from smolora.redact import mask_text
 from smolora.runs import MERGED_DIR, PARITY_FILE, AdapterMeta, find_adapter_dir, is_run, read_meta, run_dir_of
 
@@ -84,25 +82,6 @@ def parity_prompts(run_dir: Path, tokenizer: Any, meta: AdapterMeta, n: int = 4)
         full_ids = tokenizer(text + p["reference"], add_special_tokens=False)["input_ids"]
         out.append({"text": text, "prompt_ids": prompt_ids, "full_ids": full_ids})
     return out
-
-
-@contextlib.contextmanager
-def plain_generation(model: Any) -> Iterator[None]:
-    """Decode with exactly the settings passed to generate().
-
-    generate() fills every setting left unset from the model's generation_config (a shipped
-    repetition_penalty, top_k, eos, ...); models that differ only there would then decode
-    differently, so the stored config is swapped for a blank one meanwhile.
-    """
-    from transformers import GenerationConfig
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = inner.generation_config
-    inner.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        inner.generation_config = saved
 
 
 @torch.inference_mode()

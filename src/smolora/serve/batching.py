@@ -28,8 +28,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from smolora.export.merge import plain_generation
-from smolora.generate import end_token_ids, greedy
+from smolora.generate import end_token_ids, greedy, plain_generation
 
 log = logging.getLogger("smolora")
 
