@@ -41,19 +41,23 @@ def json_problem(e: json.JSONDecodeError) -> str:
 
 def jsonl_records(lines: Iterable[tuple[int, str]], path: Path) -> Iterator[dict]:
     for lineno, line in lines:
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}:{lineno}: not valid JSON ({json_problem(e)})") from None
-        except (ValueError, RecursionError) as e:  # a 5,000-digit number, 10,000 nested lists
-            raise DatasetError(f"{path}:{lineno}: cannot read this JSON ({excerpt(e, 120)})") from None
-        if not isinstance(obj, dict):
-            raise DatasetError(f"{path}:{lineno}: expected a JSON object per line, got {_kind(obj)}")
-        if _SURROGATE_ESCAPE.search(line) is not None and lone_surrogate(obj):
-            raise DatasetError(f"{path}:{lineno}: {SURROGATE_HINT}")
-        yield obj
+        if line.strip():
+            yield parse_object(line, f"{path}:{lineno}")
+
+
+def parse_object(line: str, where: str) -> dict:
+    """One JSON Lines row, or a DatasetError that starts with `where` (file:line, or file (byte N))."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where}: not valid JSON ({json_problem(e)})") from None
+    except (ValueError, RecursionError) as e:  # a 5,000-digit number, 10,000 nested lists
+        raise DatasetError(f"{where}: cannot read this JSON ({excerpt(e, 120)})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{where}: expected a JSON object per line, got {_kind(obj)}")
+    if _SURROGATE_ESCAPE.search(line) is not None and lone_surrogate(obj):
+        raise DatasetError(f"{where}: {SURROGATE_HINT}")
+    return obj
 
 
 def parse_json(text: str, path: Path, split: str) -> list[dict]:

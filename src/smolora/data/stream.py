@@ -35,7 +35,7 @@ from smolora.data.clean import clean_examples
 from smolora.data.encode import FEATURES, PreparedData, encode_rows, load_examples
 from smolora.data.files import check_hf_dir, expand_paths, is_hf_dir, open_data
 from smolora.data.formats import detect_format, to_examples
-from smolora.data.jsonl import SURROGATE_HINT, json_problem, lone_surrogate
+from smolora.data.jsonl import parse_object
 from smolora.data.limits import MAX_RECORD_CHARS, check_record_sizes, too_long
 from smolora.data.parquet import parquet_records
 from smolora.data.read import is_hub_name, iter_records
@@ -164,17 +164,7 @@ def _line_records(path: str, start: int, end: int) -> Iterator[dict]:
         if not is_json:
             yield {"text": line}
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({json_problem(e)})") from None
-        except (ValueError, RecursionError) as e:  # a 5,000-digit number, 10,000 nested lists
-            raise DatasetError(f"{where}: cannot read this JSON ({excerpt(e, 120)})") from None
-        if not isinstance(obj, dict):
-            raise DatasetError(f"{where}: expected a JSON object per line")
-        if (b"\\ud" in raw or b"\\uD" in raw) and lone_surrogate(obj):
-            raise DatasetError(f"{where}: {SURROGATE_HINT}")
-        yield obj
+        yield parse_object(line, where)
 
 
 def _records(shards: list[tuple], text_mode: str, split: str, repeat: bool = True) -> Iterator[dict]:
