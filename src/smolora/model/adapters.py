@@ -2,9 +2,10 @@
 
 Each takes the base model (layer surgery already applied) and the `lora` config section and
 returns the model to train: a PEFT model, or the base with `requires_grad` set. The key in
-`METHODS` is what `lora.method` accepts. Two more knobs live elsewhere because they are not
-a different model: LoRA+ (`lora.plus_ratio`, an optimizer with a higher lr for B, built in
-train.py) and QLoRA (`model.load_in_4bit` / `load_in_8bit`, a quantized base from load.py,
+`METHODS` is what `lora.method` accepts (the names are also `config.MethodName`, so the config
+need not import models; a test keeps the two equal). Two more knobs live elsewhere because they
+are not a different model: LoRA+ (`lora.plus_ratio`, an optimizer with a higher lr for B, built in
+train/trainer.py) and QLoRA (`model.load_in_4bit` / `load_in_8bit`, a quantized base from load.py,
 which any PEFT method here then trains).
 
 Run as:
