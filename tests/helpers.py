@@ -1,5 +1,6 @@
 """Plain helpers the tests share: the tiny tokenizer and model, question/answer data, the settings
-of a tiny run. Fixtures live in conftest.py; everything a test imports lives here.
+of a tiny run, and what more than one test file drives the CLI, the server, the hub fake and the UI
+with. Fixtures live in conftest.py; everything a test imports lives here (never from another test file).
 
 Run as:
     from helpers import make_tiny_model, tiny_config, write_qa
@@ -11,6 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 CHATML = (
@@ -114,10 +120,176 @@ def tiny_config(model_dir, data, out: Path, *extra: str):
     return load_config(None, tiny_overrides(model_dir, data, out, *extra))
 
 
+def arch_config(arch: str):
+    """A four-layer transformers config of `arch` (llama, qwen2, gemma3) for layer surgery; Qwen2 and
+    Gemma 3 mix sliding-window and full attention, window 16 tokens."""
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":  # layers 2 and 3 use the sliding window
+        return Qwen2Config(**common, use_sliding_window=True, sliding_window=16, max_window_layers=2)
+    types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    return Gemma3TextConfig(**common, head_dim=8, sliding_window=16, layer_types=types)
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under root, by relative path: to tell that nobody wrote into a shared run."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
         if p.is_file()
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def json_rows(text: str) -> list[dict]:
+    """The JSON objects `--json` prints, one after another (rich indents them over several lines)."""
+    decoder, rows, i = json.JSONDecoder(), [], 0
+    while (i := text.find("{", i)) != -1:
+        row, i = decoder.raw_decode(text, i)
+        rows.append(row)
+    return rows
+
+
+# --- smolora push against the fake hub (the `fake_hub` fixture) ----------------------------------
+
+
+def push_cli(fake_hub, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": fake_hub["url"],
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": "hf_fake_token",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "smolora.cli.main", "push", *args], capture_output=True, text=True, env=env
+    )
+
+
+def last_commit(fake_hub) -> dict:
+    return [c for c in fake_hub["calls"] if c["call"] == "commit"][-1]
+
+
+# --- smolora serve as a subprocess -------------------------------------------------------------
+
+
+def start_server(run, tmp_path_factory, *flags):
+    """A `smolora serve` subprocess of run on a free port, once /health answers: (process, url, log)."""
+    import httpx
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("limits-log") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "smolora.cli.main",
+        "serve",
+        str(run),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        *flags,
+    ]
+    env = {**os.environ, "SMOLORA_HOME": str(tmp_path_factory.mktemp("limits-home"))}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    while True:  # until the model is loaded, or the process died
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url, log
+        except httpx.HTTPError:
+            time.sleep(0.3)
+
+
+# --- the web UI's HTTP API (the `ui_ws` and `ui_client` fixtures) --------------------------------
+
+UI_TOKEN = "test-token-0123456789abcdef"
+UI_HEADERS = {"X-SmoLoRA": "1", "Authorization": f"Bearer {UI_TOKEN}"}
+UI_BASE = "http://127.0.0.1:7860"  # a loopback Host, as a browser on this machine sends
+
+
+def workspace_overrides(name: str, *extra: str) -> list[str]:
+    """The overrides the UI sends for a tiny run: paths relative to the workspace, no output.dir."""
+    return [
+        "model.name=tiny-llama",
+        "data.path=qa.jsonl",
+        "data.max_length=64",
+        "train.batch_size=4",
+        "train.lr=1e-2",
+        f"output.name={name}",
+        *extra,
+    ]
+
+
+def train_run(ws: Path, name: str, *extra: str) -> Path:
+    """A finished run in the workspace, trained in-process (seconds on the tiny model)."""
+    from smolora.config import load_config
+    from smolora.train.recipe import train
+
+    overrides = [
+        *workspace_overrides(name, "train.max_steps=6", "train.save_every=3", *extra),
+        f"model.name={ws / 'tiny-llama'}",
+        f"data.path={ws / 'qa.jsonl'}",
+        f"output.dir={ws / 'runs'}",
+    ]
+    return train(load_config(None, overrides), show_progress=False)
+
+
+# --- smolora bench: a report of the right shape, without running any model -------------------------
+
+
+def fake_report() -> dict:
+    run = {"step_s": 10.0, "peak_rss_mib": 1000, "last_loss": 1.5, "wall_s": 60}
+    return {
+        "command": "smolora bench --steps 2",
+        "total_s": 1.0,
+        "machine": {
+            "cpu": "cpu",
+            "physical_cores": 2,
+            "logical_cpus": 2,
+            "memory_gib": 8,
+            "avx512": False,
+            "cuda": False,
+            "versions": {"torch": "x"},
+        },
+        "load_before": [1, 1, 1],
+        "load_after": [1, 1, 1],
+        "matmul": {"peak_gflops": 100.0, "weighted_gflops": 80.0, "per_shape": {}, "tokens": 8, "threads": 2},
+        "flops_per_token": 0.5e9,
+        "runs": [
+            {"name": "smolora", "real_tokens_per_s": 150.0, **run, "preprocess_examples_per_s": 6000.0},
+            {"name": "naive", "real_tokens_per_s": 40.0, **run},
+            {"name": "grouped", "real_tokens_per_s": 120.0, **run},
+            {"name": "trl", "error": "exit 1: boom", "wall_s": 3},
+        ],
+        "load": {"cached_load_s": 2.0},
+        "generation": {
+            "prompts": 8,
+            "max_new_tokens": 32,
+            "one_at_a_time": {"tokens_per_s": 10.0, "prefill_s": 2.2, "decode_tokens_per_s": 14.0},
+            "batched": {"tokens_per_s": 20.0, "prefill_s": 2.5, "decode_tokens_per_s": 49.0},
+            "speedup": 2.0,
+            "decode_speedup": 3.5,
+        },
     }

@@ -15,8 +15,6 @@ import pytest
 from smolora import SmoLoRA
 from smolora.data.formats import domain_tag
 from smolora.errors import TrainingError
-from test_cli_options import generate_calls, rendered  # noqa: F401 (fixtures)
-from test_sampling import chatty_model_dir  # noqa: F401 (fixture)
 
 PROMPTS = ["What is 1 plus one?", "Name a color", "Write a haiku about rivers and the sea."]
 TINY = {"data.max_length": 64, "train.batch_size": 4, "train.lr": 1e-2}
@@ -68,7 +66,7 @@ def test_train_resume_continues_from_the_checkpoint(tiny_model_dir, qa_file, tmp
     assert steps[-1] == 4 and 3 in steps
 
 
-def test_load_model_answers_like_the_trained_run(chatty_model_dir, qa_file, tmp_path):  # noqa: F811 (fixture)
+def test_load_model_answers_like_the_trained_run(chatty_model_dir, qa_file, tmp_path):
     out = str(tmp_path / "runs" / "a")
     trained = SmoLoRA(
         str(chatty_model_dir), dataset=str(qa_file), output_dir=out, **TINY, **{"train.max_steps": 3}
@@ -80,7 +78,7 @@ def test_load_model_answers_like_the_trained_run(chatty_model_dir, qa_file, tmp_
     assert all(answers) and answers == trained.generate(PROMPTS, max_new_tokens=8)
 
 
-def test_generate_batch_size_domain_system_prompt_and_stop(chatty_model_dir, rendered, generate_calls):  # noqa: F811 (fixtures)
+def test_generate_batch_size_domain_system_prompt_and_stop(chatty_model_dir, rendered, generate_calls):
     tuner = SmoLoRA(str(chatty_model_dir))
     together = tuner.generate(PROMPTS, max_new_tokens=8)
     assert len(generate_calls) == 1

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers.generation.utils import GenerationMixin
 from typer.testing import CliRunner
 
+from helpers import json_rows, last_commit, push_cli
 from smolora.cli.main import app
 from smolora.data.formats import domain_tag
-from test_push import fake_hub, last_commit, push_cli, tiny_run  # noqa: F401 (fixtures)
-from test_sampling import chatty_model_dir, json_rows  # noqa: F401 (fixture)
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,36 +31,6 @@ def ok(args: list[str], **kw) -> str:
     r = runner.invoke(app, args, **kw)
     assert r.exit_code == 0, f"{r.output}\n{r.exception!r}"
     return r.output
-
-
-@pytest.fixture
-def rendered(monkeypatch) -> list[str]:
-    """Every prompt text generation hands the model, as rendered."""
-    import smolora.generate
-
-    seen: list[str] = []
-    real = smolora.generate.render_prompt
-
-    def spy(*args, **kw):
-        seen.append(real(*args, **kw))
-        return seen[-1]
-
-    monkeypatch.setattr(smolora.generate, "render_prompt", spy)
-    return seen
-
-
-@pytest.fixture
-def generate_calls(monkeypatch) -> list[dict]:
-    """The keyword arguments of every model.generate call (one per batch)."""
-    calls: list[dict] = []
-    real = GenerationMixin.generate
-
-    def spy(self, *args, **kw):
-        calls.append(kw)
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(GenerationMixin, "generate", spy)
-    return calls
 
 
 # --- smolora itself ------------------------------------------------------------------------
@@ -94,7 +62,7 @@ def test_generate_file_of_prompts(tiny_model_dir, tmp_path):
     assert [r["prompt"] for r in json_rows(out)] == ["extra", "Name a color", "Name a city"]
 
 
-def test_generate_batch_size_sets_the_batches_not_the_answers(chatty_model_dir, generate_calls):  # noqa: F811
+def test_generate_batch_size_sets_the_batches_not_the_answers(chatty_model_dir, generate_calls):
     prompts = ["What is 1 plus one?", "Name a color", "Write a haiku about rivers and the sea."]
     base = ["generate", str(chatty_model_dir), *prompts, "--json", "--max-new-tokens", "6"]
     together = json_rows(ok(base))
@@ -158,8 +126,8 @@ def test_data_inspect_config_supplies_the_data_settings(tiny_model_dir, qa_file,
     assert "max_length 32" in out
 
 
-def test_eval_set_and_lm_eval_limit(tiny_run, monkeypatch):  # noqa: F811 (the fixture)
-    out = ok(["eval", str(tiny_run), "--set", "eval.max_examples=2", "--samples", "1"])
+def test_eval_set_and_lm_eval_limit(push_run_dir, monkeypatch):
+    out = ok(["eval", str(push_run_dir), "--set", "eval.max_examples=2", "--samples", "1"])
     assert "scores on 2 held-out examples" in out
     pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install 'smolora[eval]')")
     import lm_eval
@@ -179,12 +147,14 @@ def test_eval_set_and_lm_eval_limit(tiny_run, monkeypatch):  # noqa: F811 (the f
     monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     tasks = ["--lm-eval", "smolora_orders", "--include-path", str(ROOT / "examples" / "lm_eval")]
-    ok(["eval", str(tiny_run), "--set", "eval.max_examples=1", *tasks, "--lm-eval-limit", "3"])
+    ok(["eval", str(push_run_dir), "--set", "eval.max_examples=1", *tasks, "--lm-eval-limit", "3"])
     assert seen and all(s["effective"] == 3 and s["original"] == 20 for s in seen)
 
 
-def test_push_private_and_message(fake_hub, tiny_run):  # noqa: F811 (the fixtures)
-    r = push_cli(fake_hub, str(tiny_run), "--repo", "me/private-lora", "--private", "--message", "first cut")
+def test_push_private_and_message(fake_hub, push_run_dir):
+    r = push_cli(
+        fake_hub, str(push_run_dir), "--repo", "me/private-lora", "--private", "--message", "first cut"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     create = [c for c in fake_hub["calls"] if c["call"] == "create"][-1]
     assert create["body"]["name"] == "private-lora"
@@ -275,8 +245,8 @@ def test_layers_importance_max_length_and_batch_size(tiny_model_dir, qa_file, tm
 @pytest.fixture
 def bench_workers(monkeypatch, tmp_path):
     """Fake benchmark workers: the command of each, answered with numbers of the right shape."""
+    from helpers import fake_report
     from smolora.bench import launch, machine
-    from test_speed import fake_report
 
     report = fake_report()
     commands: list[list[str]] = []

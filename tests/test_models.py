@@ -189,11 +189,11 @@ def test_replayed_prefix_gives_the_same_losses_as_skipping(arch, tiny_tokenizer,
     """layer_importance reuses the layers before the dropped one; the numbers must not change."""
     from transformers import AutoModelForCausalLM
 
+    from helpers import arch_config
     from smolora.model.importance import held_out_loss, importance_rows, layer_importance
-    from test_surgery import tiny_config
 
     torch.manual_seed(0)
-    config = tiny_config(arch)
+    config = arch_config(arch)
     config.vocab_size = len(tiny_tokenizer)
     model = AutoModelForCausalLM.from_config(config).eval()
     rows = importance_rows(str(qa_file), tiny_tokenizer, max_rows=5, max_length=64)
@@ -204,7 +204,7 @@ def test_replayed_prefix_gives_the_same_losses_as_skipping(arch, tiny_tokenizer,
         assert r["loss"] == pytest.approx(held_out_loss(model, rows, pad, 2, skip=[r["layer"]]), abs=1e-5)
     assert len(decoder_layers(model)) == model.config.num_hidden_layers == 4  # left as it was
     if arch != "llama":
-        assert model.config.layer_types == tiny_config(arch).layer_types
+        assert model.config.layer_types == arch_config(arch).layer_types
 
 
 def test_layer_importance_ranks_suggests_and_plots(four_layers, tiny_tokenizer, qa_file, tmp_path):

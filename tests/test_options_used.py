@@ -98,7 +98,9 @@ def functions_of_tests() -> list[Function]:
     result = []
     for tree, defs in files.values():
         by_name = {}
-        for node in tree.body:  # helpers imported from another test file: `from test_push import push_cli`
+        for (
+            node
+        ) in tree.body:  # helpers imported from helpers.py or another file: `from helpers import push_cli`
             if isinstance(node, ast.ImportFrom) and node.module in files:
                 imported = {a.name for a in node.names}
                 by_name |= {n: f for n, f in files[node.module][1] if n in imported}

@@ -15,34 +15,19 @@ Run as:
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import json_rows
 from smolora.cli.main import app
 from smolora.errors import ConfigError
 from smolora.generate import sampling_kwargs
 
 runner = CliRunner()
 PROMPTS = ["What is 3 plus one?", "Write a haiku about rivers and the sea."]
-
-
-@pytest.fixture(scope="session")
-def chatty_model_dir(tmp_path_factory, tiny_tokenizer):
-    """The tiny random Llama with an untied random lm_head: greedy answers that are not empty."""
-    from helpers import make_tiny_model
-
-    model = make_tiny_model(len(tiny_tokenizer))
-    model.config.tie_word_embeddings = False
-    torch.manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(len(tiny_tokenizer), model.config.hidden_size))
-    d = tmp_path_factory.mktemp("chatty-llama")
-    model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
 
 
 def cli_generate(chatty_model_dir, *flags: str) -> list[str]:
@@ -52,15 +37,6 @@ def cli_generate(chatty_model_dir, *flags: str) -> list[str]:
     )
     assert r.exit_code == 0, r.output
     return [row["output"] for row in json_rows(r.output)]
-
-
-def json_rows(text: str) -> list[dict]:
-    """The JSON objects `--json` prints, one after another (rich indents them over several lines)."""
-    decoder, rows, i = json.JSONDecoder(), [], 0
-    while (i := text.find("{", i)) != -1:
-        row, i = decoder.raw_decode(text, i)
-        rows.append(row)
-    return rows
 
 
 def test_cli_generate_sample_and_temperature(chatty_model_dir):

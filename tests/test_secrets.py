@@ -11,11 +11,10 @@ import json
 
 import torch
 
-from helpers import tiny_config
+from helpers import last_commit, push_cli, tiny_config
 from smolora.export.push import model_card
 from smolora.runs import AdapterMeta
 from smolora.train.recipe import train
-from test_push import fake_hub, last_commit, push_cli  # noqa: F401 (fake_hub is a fixture)
 
 TOKEN = "hf_" + "Q7wErTy9UiOp3AsDfGh5JkLzXc1VbNm2Pq"  # 34 letters and digits, like a real one
 
@@ -26,7 +25,7 @@ def files_holding(root, needle: bytes) -> list[str]:
     ]
 
 
-def test_a_token_in_the_system_prompt_is_in_no_file_and_no_upload(fake_hub, tiny_model_dir, tmp_path):  # noqa: F811
+def test_a_token_in_the_system_prompt_is_in_no_file_and_no_upload(fake_hub, tiny_model_dir, tmp_path):
     assert len(TOKEN) == 37
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) + "\n" for i in range(24)))

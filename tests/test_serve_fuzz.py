@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_serve_limits import start
+from helpers import start_server
 
 pytest.importorskip("schemathesis")
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -20,7 +20,7 @@ from fuzz_serve import SERVER_FLAGS, st_command, summarize  # noqa: E402
 
 
 def test_schemathesis_finds_no_server_error(tmp_path_factory, tiny_run, tmp_path):
-    proc, url, log = start(tiny_run, tmp_path_factory, *SERVER_FLAGS)
+    proc, url, log = start_server(tiny_run, tmp_path_factory, *SERVER_FLAGS)
     try:
         report = tmp_path / "events.ndjson"
         # The timeout only stops a hung run from hanging the suite; each request has its own (60 s).

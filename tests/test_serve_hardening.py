@@ -16,9 +16,9 @@ import httpx
 import pytest
 import torch
 
+from helpers import start_server
 from smolora.serve.batching import Job, RowSampling, Served, cancel, submit
 from smolora.serve.limits import RateLimiter
-from test_serve_limits import start
 
 KEY = "hardening-key"
 USER = [{"role": "user", "content": "What is 3 plus one?"}]
@@ -28,7 +28,7 @@ USER = [{"role": "user", "content": "What is 3 plus one?"}]
 def server(tiny_run, tmp_path_factory):
     """Loopback is a trusted proxy here, so each test speaks as its own client (X-Forwarded-For)."""
     flags = ["--api-key", KEY, "--forwarded-allow-ips", "127.0.0.1", "--rate-limit", "20", "--max-batch", "4"]
-    proc, url, log = start(tiny_run, tmp_path_factory, *flags)
+    proc, url, log = start_server(tiny_run, tmp_path_factory, *flags)
     yield {"url": url, "proc": proc, "log": log}
     proc.terminate()
     proc.wait(timeout=30)
@@ -98,9 +98,9 @@ def fake_job(model: str, client: str) -> Job:
 
 
 def test_one_client_gets_at_most_half_the_queue():
+    from smolora.serve.batching import queued
     from smolora.serve.jobs import admit
     from smolora.serve.openai import APIError
-    from smolora.serve.batching import queued
 
     served = Served(model=None, tokenizer=None, names={}, default="x", max_queue=8)
     served.wake = asyncio.Event()

@@ -6,52 +6,19 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
-import os
 import random
 import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
+from helpers import start_server
 from smolora.serve.limits import RateLimiter
-from test_serve import free_port
-
-
-def start(run, tmp_path_factory, *flags):
-    port = free_port()
-    log = tmp_path_factory.mktemp("limits-log") / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "smolora.cli.main",
-        "serve",
-        str(run),
-        "--port",
-        str(port),
-        "--threads",
-        "1",
-        *flags,
-    ]
-    env = {**os.environ, "SMOLORA_HOME": str(tmp_path_factory.mktemp("limits-home"))}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    while True:  # until the model is loaded, or the process died
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url, log
-        except httpx.HTTPError:
-            time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
-    proc, url, log = start(
+    proc, url, log = start_server(
         tiny_run, tmp_path_factory, "--max-body-kb", "4", "--max-tokens-cap", "16", "--rate-limit", "0"
     )
     yield {"url": url, "proc": proc, "log": log}
@@ -160,7 +127,7 @@ def test_soak_well_formed_and_malformed_requests_no_5xx(server):
 
 def test_timeout_rate_limit_and_bind_warning(tiny_run, tmp_path_factory):
     """Another server: a batch window longer than the request timeout, 6 requests a minute, bound to 0.0.0.0."""
-    proc, url, log = start(
+    proc, url, log = start_server(
         tiny_run,
         tmp_path_factory,
         "--host",

@@ -18,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from helpers import fake_report
 from smolora.config import load_config
 from smolora.data.collate import (
     BucketSampler,
@@ -329,42 +330,6 @@ def test_second_run_skips_preprocessing(tiny_tokenizer, qa_file, monkeypatch):
 
 
 # --- smolora bench: the report, without running any model ------------------------------------------
-
-
-def fake_report() -> dict:
-    run = {"step_s": 10.0, "peak_rss_mib": 1000, "last_loss": 1.5, "wall_s": 60}
-    return {
-        "command": "smolora bench --steps 2",
-        "total_s": 1.0,
-        "machine": {
-            "cpu": "cpu",
-            "physical_cores": 2,
-            "logical_cpus": 2,
-            "memory_gib": 8,
-            "avx512": False,
-            "cuda": False,
-            "versions": {"torch": "x"},
-        },
-        "load_before": [1, 1, 1],
-        "load_after": [1, 1, 1],
-        "matmul": {"peak_gflops": 100.0, "weighted_gflops": 80.0, "per_shape": {}, "tokens": 8, "threads": 2},
-        "flops_per_token": 0.5e9,
-        "runs": [
-            {"name": "smolora", "real_tokens_per_s": 150.0, **run, "preprocess_examples_per_s": 6000.0},
-            {"name": "naive", "real_tokens_per_s": 40.0, **run},
-            {"name": "grouped", "real_tokens_per_s": 120.0, **run},
-            {"name": "trl", "error": "exit 1: boom", "wall_s": 3},
-        ],
-        "load": {"cached_load_s": 2.0},
-        "generation": {
-            "prompts": 8,
-            "max_new_tokens": 32,
-            "one_at_a_time": {"tokens_per_s": 10.0, "prefill_s": 2.2, "decode_tokens_per_s": 14.0},
-            "batched": {"tokens_per_s": 20.0, "prefill_s": 2.5, "decode_tokens_per_s": 49.0},
-            "speedup": 2.0,
-            "decode_speedup": 3.5,
-        },
-    }
 
 
 def test_bench_report_targets_records_and_docs(tmp_path):

@@ -9,35 +9,15 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM
 
-from helpers import tiny_overrides
+from helpers import arch_config, tiny_overrides
 from smolora.config import load_config
 from smolora.errors import ModelError
 from smolora.generate import generate
 from smolora.model.load import load_for_inference
 from smolora.model.surgery import apply_surgery, decoder_layers, layers_to_keep
 from smolora.train.recipe import train
-
-COMMON = dict(
-    vocab_size=300,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-
-
-def tiny_config(arch: str):
-    """Four layers; Qwen2 and Gemma 3 mix sliding-window and full attention, window 16 tokens."""
-    if arch == "llama":
-        return LlamaConfig(**COMMON)
-    if arch == "qwen2":  # layers 2 and 3 use the sliding window
-        return Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=16, max_window_layers=2)
-    types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
-    return Gemma3TextConfig(**COMMON, head_dim=8, sliding_window=16, layer_types=types)
 
 
 def reference_model(config, state_dict: dict, keep: list[int]):
@@ -63,7 +43,7 @@ def reference_model(config, state_dict: dict, keep: list[int]):
 @pytest.mark.parametrize(("drop", "keep_first", "survivors"), [([1], None, [0, 2, 3]), ([], 2, [0, 1])])
 def test_pruned_model_equals_model_built_from_surviving_layers(arch, drop, keep_first, survivors):
     torch.manual_seed(0)
-    config = tiny_config(arch)
+    config = arch_config(arch)
     model = AutoModelForCausalLM.from_config(copy.deepcopy(config)).eval()
     original_types = list(getattr(config, "layer_types", None) or [])
     state = {k: v.clone() for k, v in model.state_dict().items()}

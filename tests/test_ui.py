@@ -7,89 +7,40 @@ The browser scenarios (Playwright + Chromium) are in test_ui_browser.py.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from helpers import UI_BASE, UI_HEADERS, UI_TOKEN, train_run, workspace_overrides
 from smolora.ui import create_app
 from smolora.ui.jobs import error_line
 from smolora.ui.workspace import OutsideWorkspace, safe_path
 
-TOKEN = "test-token-0123456789abcdef"
-HEADERS = {"X-SmoLoRA": "1", "Authorization": f"Bearer {TOKEN}"}
-BASE = "http://127.0.0.1:7860"  # a loopback Host, as a browser on this machine sends
-QA_ROWS = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}."} for i in range(40)]
-
-
-@pytest.fixture
-def ws(tmp_path, tiny_model_dir) -> Path:
-    """A workspace holding the tiny model and a question/answer file."""
-    root = tmp_path / "ws"
-    root.mkdir()
-    shutil.copytree(tiny_model_dir, root / "tiny-llama")
-    (root / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in QA_ROWS) + "\n")
-    return root
-
-
-@pytest.fixture
-def client(ws) -> TestClient:
-    with TestClient(create_app(ws, token=TOKEN), base_url=BASE, headers=HEADERS) as c:
-        yield c
-
-
-def tiny_overrides(name: str, *extra: str) -> list[str]:
-    return [
-        "model.name=tiny-llama",
-        "data.path=qa.jsonl",
-        "data.max_length=64",
-        "train.batch_size=4",
-        "train.lr=1e-2",
-        f"output.name={name}",
-        *extra,
-    ]
-
-
-def train_run(ws: Path, name: str, *extra: str) -> Path:
-    """A finished run in the workspace, trained in-process (seconds on the tiny model)."""
-    from smolora.config import load_config
-    from smolora.train.recipe import train
-
-    overrides = [
-        *tiny_overrides(name, "train.max_steps=6", "train.save_every=3", *extra),
-        f"model.name={ws / 'tiny-llama'}",
-        f"data.path={ws / 'qa.jsonl'}",
-        f"output.dir={ws / 'runs'}",
-    ]
-    return train(load_config(None, overrides), show_progress=False)
-
-
 # --- the page, schema and config preview ------------------------------------------------
 
 
-def test_page_and_static_files_are_served(client):
-    page = client.get("/")
+def test_page_and_static_files_are_served(ui_client):
+    page = ui_client.get("/")
     assert page.status_code == 200 and "SmoLoRA" in page.text
     assert "cdn" not in page.text.lower() and "https://" not in page.text  # nothing from the network
     for name in ("main.js", "train.js", "chart.js", "style.css"):
-        assert client.get(f"/static/{name}").status_code == 200
-    info = client.get("/api/info").json()
+        assert ui_client.get(f"/static/{name}").status_code == 200
+    info = ui_client.get("/api/info").json()
     assert info["version"] and info["workspace"].endswith("ws")
 
 
-def test_schema_has_every_section_with_defaults(client):
-    body = client.get("/api/schema").json()
+def test_schema_has_every_section_with_defaults(ui_client):
+    body = ui_client.get("/api/schema").json()
     assert list(body["schema"]["properties"]) == ["model", "data", "lora", "train", "eval", "output"]
     assert body["defaults"]["lora"]["r"] == 16 and body["defaults"]["model"]["name"] == "smollm2-135m"
 
 
-def test_preview_reports_problems_per_field(client):
-    view = client.post(
+def test_preview_reports_problems_per_field(ui_client):
+    view = ui_client.post(
         "/api/config/preview", json={"overrides": ["data.max_length=2", "trian.lr=1", "data.path=qa.jsonl"]}
     ).json()
     assert not view["ok"]
@@ -98,79 +49,81 @@ def test_preview_reports_problems_per_field(client):
     assert "did you mean 'train'" in paths["trian"]
 
 
-def test_preview_gives_yaml_and_the_same_cli_command(client):
-    view = client.post("/api/config/preview", json={"overrides": tiny_overrides("demo")}).json()
+def test_preview_gives_yaml_and_the_same_cli_command(ui_client):
+    view = ui_client.post("/api/config/preview", json={"overrides": workspace_overrides("demo")}).json()
     assert view["ok"], view["problems"]
     assert view["command"] == "smolora train configs/demo.yaml"
     assert "--set model.name=tiny-llama" in view["set_command"]
     assert "model:\n  name: tiny-llama" in view["yaml"] and view["run_dir"] == "runs/demo"
 
 
-def test_preview_requires_data_and_paths_inside_the_workspace(client):
-    no_data = client.post("/api/config/preview", json={"overrides": ["output.name=x"]}).json()
+def test_preview_requires_data_and_paths_inside_the_workspace(ui_client):
+    no_data = ui_client.post("/api/config/preview", json={"overrides": ["output.name=x"]}).json()
     assert [p["path"] for p in no_data["problems"]] == ["data.path"]
-    outside = client.post(
+    outside = ui_client.post(
         "/api/config/preview", json={"overrides": ["data.path=../../etc/passwd", "output.dir=/tmp"]}
     ).json()
     assert {"data.path", "output.dir"} <= {p["path"] for p in outside["problems"]}
-    refused = client.post("/api/train/start", json={"overrides": ["data.path=/etc/hosts"]})
+    refused = ui_client.post("/api/train/start", json={"overrides": ["data.path=/etc/hosts"]})
     assert refused.status_code == 400 and "outside the workspace" in refused.json()["error"]
 
 
 # --- security: workspace paths, the write header, the host check --------------------------
 
 
-def test_safe_path_refuses_everything_outside(ws, tmp_path):
-    assert safe_path(ws, "qa.jsonl") == ws / "qa.jsonl"
-    assert safe_path(ws, str(ws / "qa.jsonl")) == ws / "qa.jsonl"
-    (ws / "escape").symlink_to(tmp_path)
+def test_safe_path_refuses_everything_outside(ui_ws, tmp_path):
+    assert safe_path(ui_ws, "qa.jsonl") == ui_ws / "qa.jsonl"
+    assert safe_path(ui_ws, str(ui_ws / "qa.jsonl")) == ui_ws / "qa.jsonl"
+    (ui_ws / "escape").symlink_to(tmp_path)
     for bad in ("../x", "/etc/passwd", "a/../../x", "~/x", "escape/x", "", "a\x00b"):
         with pytest.raises(OutsideWorkspace):
-            safe_path(ws, bad)
+            safe_path(ui_ws, bad)
 
 
-def test_uploads_land_in_the_workspace_only(client, ws):
+def test_uploads_land_in_the_workspace_only(ui_client, ui_ws):
     for bad in ("../evil.jsonl", "/tmp/evil.jsonl", "uploads/../../evil.jsonl"):
-        r = client.post(f"/api/upload?path={bad}", content=b'{"text": "x"}\n')
+        r = ui_client.post(f"/api/upload?path={bad}", content=b'{"text": "x"}\n')
         assert r.status_code == 403, bad
         assert "outside the workspace" in r.json()["error"]
-    assert not (ws.parent / "evil.jsonl").exists()
-    assert client.post("/api/upload?path=run.sh", content=b"rm -rf /").status_code == 400
-    ok = client.post("/api/upload?path=uploads/qa.jsonl", content=(ws / "qa.jsonl").read_bytes())
+    assert not (ui_ws.parent / "evil.jsonl").exists()
+    assert ui_client.post("/api/upload?path=run.sh", content=b"rm -rf /").status_code == 400
+    ok = ui_client.post("/api/upload?path=uploads/qa.jsonl", content=(ui_ws / "qa.jsonl").read_bytes())
     assert ok.status_code == 200 and ok.json()["path"] == "uploads/qa.jsonl"
-    assert (ws / "uploads" / "qa.jsonl").read_bytes() == (ws / "qa.jsonl").read_bytes()
-    assert "uploads/qa.jsonl" in [f["path"] for f in client.get("/api/files").json()["files"]]
+    assert (ui_ws / "uploads" / "qa.jsonl").read_bytes() == (ui_ws / "qa.jsonl").read_bytes()
+    assert "uploads/qa.jsonl" in [f["path"] for f in ui_client.get("/api/files").json()["files"]]
 
 
-def test_every_path_parameter_is_checked(client):
-    assert client.post("/api/data/inspect", json={"path": "../../etc/passwd"}).status_code == 403
-    assert client.get("/api/runs/compare?a=../..&b=/").status_code == 403
-    assert client.get("/api/runs/file/../../etc/passwd").status_code in (403, 404)
-    assert client.get("/api/export/parity?run=/etc").status_code == 403
-    chat = client.post("/api/chat", json={"model": "/etc", "messages": [{"role": "user", "content": "hi"}]})
+def test_every_path_parameter_is_checked(ui_client):
+    assert ui_client.post("/api/data/inspect", json={"path": "../../etc/passwd"}).status_code == 403
+    assert ui_client.get("/api/runs/compare?a=../..&b=/").status_code == 403
+    assert ui_client.get("/api/runs/file/../../etc/passwd").status_code in (403, 404)
+    assert ui_client.get("/api/export/parity?run=/etc").status_code == 403
+    chat = ui_client.post(
+        "/api/chat", json={"model": "/etc", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert chat.status_code == 403
-    assert client.post("/api/models/remove", json={"name": "../.."}).status_code == 400
+    assert ui_client.post("/api/models/remove", json={"name": "../.."}).status_code == 400
 
 
-def test_writes_need_the_ui_header(ws):
-    auth = {"Authorization": f"Bearer {TOKEN}"}  # no X-SmoLoRA header: what a cross-site form sends
-    with TestClient(create_app(ws, token=TOKEN), base_url=BASE, headers=auth) as bare:
+def test_writes_need_the_ui_header(ui_ws):
+    auth = {"Authorization": f"Bearer {UI_TOKEN}"}  # no X-SmoLoRA header: what a cross-site form sends
+    with TestClient(create_app(ui_ws, token=UI_TOKEN), base_url=UI_BASE, headers=auth) as bare:
         assert bare.post("/api/upload?path=a.jsonl", content=b"{}").status_code == 403
         assert bare.post("/api/train/start", json={"overrides": []}).status_code == 403
         assert bare.get("/api/info").status_code == 200
 
 
-def test_foreign_host_names_are_refused(ws):
-    app = create_app(ws, token=TOKEN, allowed_hosts=["127.0.0.1", "localhost"])
-    with TestClient(app, base_url="http://evil.example", headers=HEADERS) as c:
+def test_foreign_host_names_are_refused(ui_ws):
+    app = create_app(ui_ws, token=UI_TOKEN, allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://evil.example", headers=UI_HEADERS) as c:
         assert c.get("/api/info").status_code == 400
 
 
 # --- data -----------------------------------------------------------------------------------
 
 
-def test_inspect_shows_format_counts_histogram_and_examples(client):
-    r = client.post(
+def test_inspect_shows_format_counts_histogram_and_examples(ui_client):
+    r = ui_client.post(
         "/api/data/inspect",
         json={"path": "qa.jsonl", "overrides": ["model.name=tiny-llama", "data.max_length=16"]},
     )
@@ -181,40 +134,42 @@ def test_inspect_shows_format_counts_histogram_and_examples(client):
     hist = report["histogram"]
     assert sum(hist["counts"]) == 40 and hist["max_length"] == 16 and hist["over"] == report["truncated"] > 0
     assert any("data.max_length" in w for w in report["warnings"])
-    roomy = client.post(
+    roomy = ui_client.post(
         "/api/data/inspect", json={"path": "qa.jsonl", "overrides": ["model.name=tiny-llama"]}
     )
     segments = roomy.json()["examples"][0]  # the prompt is context, the answer is trained on
     assert any(trained for _, trained in segments) and any(not trained for _, trained in segments)
     assert "It is 1." in "".join(text for text, trained in segments if trained)
-    assert client.post("/api/data/inspect", json={"path": "missing.jsonl"}).status_code == 404
+    assert ui_client.post("/api/data/inspect", json={"path": "missing.jsonl"}).status_code == 404
 
 
-def test_inspect_a_bad_file_is_a_clear_400(client, ws):
-    (ws / "bad.jsonl").write_text('{"question": "a"\n')
-    r = client.post("/api/data/inspect", json={"path": "bad.jsonl", "overrides": ["model.name=tiny-llama"]})
+def test_inspect_a_bad_file_is_a_clear_400(ui_client, ui_ws):
+    (ui_ws / "bad.jsonl").write_text('{"question": "a"\n')
+    r = ui_client.post(
+        "/api/data/inspect", json={"path": "bad.jsonl", "overrides": ["model.name=tiny-llama"]}
+    )
     assert r.status_code == 400 and "bad.jsonl" in r.json()["error"]
 
 
 # --- runs, chat, models, export ------------------------------------------------------------
 
 
-def test_runs_list_compare_and_chat_stream(client, ws):
-    train_run(ws, "a")
-    train_run(ws, "b", "lora.r=4")
-    runs = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
+def test_runs_list_compare_and_chat_stream(ui_client, ui_ws):
+    train_run(ui_ws, "a")
+    train_run(ui_ws, "b", "lora.r=4")
+    runs = {r["name"]: r for r in ui_client.get("/api/runs").json()["runs"]}
     assert set(runs) == {"a", "b"}
     assert runs["a"]["status"] == "done" and runs["a"]["has_adapter"] and runs["a"]["steps"] == 6
     assert runs["a"]["path"] == "runs/a" and runs["a"]["final_loss"] > 0
 
-    cmp = client.get("/api/runs/compare?a=runs/a&b=runs/b").json()
+    cmp = ui_client.get("/api/runs/compare?a=runs/a&b=runs/b").json()
     assert {"key": "lora.r", "a": 16, "b": 4} in cmp["config"]
     assert len([r for r in cmp["curves"]["a"] if "loss" in r]) == 6
 
-    models = client.get("/api/chat/models").json()
-    assert {"value": "runs/a", "base": str(ws / "tiny-llama")} in models["runs"]
+    models = ui_client.get("/api/chat/models").json()
+    assert {"value": "runs/a", "base": str(ui_ws / "tiny-llama")} in models["runs"]
 
-    with client.stream(
+    with ui_client.stream(
         "POST",
         "/api/chat",
         json={
@@ -228,28 +183,28 @@ def test_runs_list_compare_and_chat_stream(client, ws):
     assert "".join(e.get("text", "") for e in events)  # streamed pieces make an answer
 
 
-def test_chat_with_an_unknown_model_streams_the_error(client):
-    with client.stream(
+def test_chat_with_an_unknown_model_streams_the_error(ui_client):
+    with ui_client.stream(
         "POST", "/api/chat", json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
     ) as r:
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert "unknown model" in events[-1]["error"]
 
 
-def test_model_store_list_verify_remove(client, ws):
+def test_model_store_list_verify_remove(ui_client, ui_ws):
     from smolora.model.pull import pull_model
     from smolora.model.store import models_dir
 
-    pull_model(str(ws / "tiny-llama"))
-    listed = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    pull_model(str(ui_ws / "tiny-llama"))
+    listed = {m["name"]: m for m in ui_client.get("/api/models").json()["models"]}
     assert listed["tiny-llama"]["status"] == "ok" and listed["smollm2-135m"]["status"] == "not pulled yet"
-    verified = client.post("/api/models/verify", json={"name": "tiny-llama"}).json()
+    verified = ui_client.post("/api/models/verify", json={"name": "tiny-llama"}).json()
     assert verified["ok"] and verified["checked"] > 0
     (models_dir() / "tiny-llama" / "planted.bin").write_bytes(b"x")  # a file the manifest does not list
-    planted = client.post("/api/models/verify", json={"name": "tiny-llama"}).json()
+    planted = ui_client.post("/api/models/verify", json={"name": "tiny-llama"}).json()
     assert not planted["ok"] and planted["extra_files"] == ["planted.bin"]
-    assert client.post("/api/models/remove", json={"name": "tiny-llama"}).json()["removed"] == "tiny-llama"
-    assert "tiny-llama" not in {m["name"] for m in client.get("/api/models").json()["models"]}
+    assert ui_client.post("/api/models/remove", json={"name": "tiny-llama"}).json()["removed"] == "tiny-llama"
+    assert "tiny-llama" not in {m["name"] for m in ui_client.get("/api/models").json()["models"]}
 
 
 def test_export_runs_the_cli():
@@ -264,21 +219,23 @@ def test_export_runs_the_cli():
 # --- the training subprocess ----------------------------------------------------------------
 
 
-def test_a_dying_training_process_shows_its_error_and_log(client, ws):
-    (ws / "empty.jsonl").write_text("\n")
-    r = client.post("/api/train/start", json={"overrides": tiny_overrides("dies", "data.path=empty.jsonl")})
+def test_a_dying_training_process_shows_its_error_and_log(ui_client, ui_ws):
+    (ui_ws / "empty.jsonl").write_text("\n")
+    r = ui_client.post(
+        "/api/train/start", json={"overrides": workspace_overrides("dies", "data.path=empty.jsonl")}
+    )
     assert r.status_code == 200, r.text
-    assert client.post("/api/train/start", json={"overrides": tiny_overrides("x")}).status_code == 409
+    assert ui_client.post("/api/train/start", json={"overrides": workspace_overrides("x")}).status_code == 409
     deadline = time.time() + 300
-    status = client.get("/api/train/status").json()
+    status = ui_client.get("/api/train/status").json()
     while status["state"] == "running" and time.time() < deadline:
         time.sleep(0.5)
-        status = client.get("/api/train/status").json()
+        status = ui_client.get("/api/train/status").json()
     assert status["state"] == "failed" and status["returncode"] == 2
     assert status["error"].startswith("error:") and "empty.jsonl" in status["error"]
     assert "empty.jsonl" in status["log_tail"]
-    assert (ws / "configs" / "dies.yaml").exists()  # the file the command ran on stays, for the CLI
-    assert client.get("/api/info").status_code == 200  # the UI itself carries on
+    assert (ui_ws / "configs" / "dies.yaml").exists()  # the file the command ran on stays, for the CLI
+    assert ui_client.get("/api/info").status_code == 200  # the UI itself carries on
 
 
 def test_error_line_prefers_the_cli_error():

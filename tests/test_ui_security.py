@@ -20,21 +20,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import test_ui
+from helpers import UI_BASE, UI_HEADERS, UI_TOKEN, free_port
 from smolora.ui import create_app
 from smolora.ui.guard import allowed_hosts
-from test_ui import BASE, HEADERS, TOKEN
-
-# The fixtures of test_ui.py: the workspace (tiny model + a question/answer file) and its client.
-ws, client = test_ui.ws, test_ui.client
 
 SECRET = "hf_" + "Ab1" * 10  # token-shaped: what redact.py masks
 
 
 @pytest.fixture
-def bare(ws):
+def bare(ui_ws):
     """A client with no token at all: another user of the machine, or a page the token never reached."""
-    with TestClient(create_app(ws, token=TOKEN), base_url=BASE) as c:
+    with TestClient(create_app(ui_ws, token=UI_TOKEN), base_url=UI_BASE) as c:
         yield c
 
 
@@ -50,8 +46,8 @@ def flat_routes(routes: list) -> list:
     return found
 
 
-def test_every_api_route_needs_the_token(bare, client):
-    routes = [r for r in flat_routes(client.app.routes) if getattr(r, "path", "").startswith("/api")]
+def test_every_api_route_needs_the_token(bare, ui_client):
+    routes = [r for r in flat_routes(ui_client.app.routes) if getattr(r, "path", "").startswith("/api")]
     assert len(routes) > 20
     for route in routes:
         path = route.path.replace("{job_id}", "x").replace("{file_path:path}", "x")
@@ -62,16 +58,18 @@ def test_every_api_route_needs_the_token(bare, client):
     wrong = {"Authorization": "Bearer not-the-token-at-all-000"}
     assert bare.get("/api/info", headers=wrong).status_code == 401
     assert bare.get("/openapi.json").status_code == 401
-    assert client.get("/api/info").status_code == 200
+    assert ui_client.get("/api/info").status_code == 200
     assert bare.get("/").status_code == 200  # the page itself holds nothing; it asks for the link
 
 
 def test_the_printed_url_sets_a_strict_cookie_and_redirects_to_the_clean_url(bare):
-    r = bare.get(f"/?token={TOKEN}&x=1", follow_redirects=False)
+    r = bare.get(f"/?token={UI_TOKEN}&x=1", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/?x=1"
     cookie = r.headers["set-cookie"]
     assert (
-        TOKEN in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        UI_TOKEN in cookie
+        and "HttpOnly" in cookie
+        and "SameSite=strict" in cookie.replace("Strict", "strict")
     )
     assert bare.get("/api/info").status_code == 200  # the cookie is enough from now on
     assert bare.post("/api/config/preview", json={"overrides": []}, headers={"X-SmoLoRA": "1"}).is_success
@@ -80,20 +78,20 @@ def test_the_printed_url_sets_a_strict_cookie_and_redirects_to_the_clean_url(bar
     assert bare.get("/api/info").status_code == 401
 
 
-def test_a_random_token_per_app(ws):
-    a, b = create_app(ws).state.token, create_app(ws).state.token
+def test_a_random_token_per_app(ui_ws):
+    a, b = create_app(ui_ws).state.token, create_app(ui_ws).state.token
     assert a != b and len(a) >= 16
 
 
 # --- Host, Origin, framing ------------------------------------------------------------------------
 
 
-def test_foreign_host_names_are_refused_on_every_bind(ws):
+def test_foreign_host_names_are_refused_on_every_bind(ui_ws):
     for bind, extra in (("127.0.0.1", None), ("0.0.0.0", None), ("10.1.2.3", ["ui.example.lan"])):
         hosts = allowed_hosts(bind, extra)
         assert "*" not in hosts and "evil.example" not in hosts
-        app = create_app(ws, token=TOKEN, allowed_hosts=hosts)
-        with TestClient(app, base_url="http://evil.example:7860", headers=HEADERS) as c:
+        app = create_app(ui_ws, token=UI_TOKEN, allowed_hosts=hosts)
+        with TestClient(app, base_url="http://evil.example:7860", headers=UI_HEADERS) as c:
             r = c.get("/api/info")
             assert r.status_code == 400 and "--allowed-host" in r.json()["error"], bind
             for ok in ("127.0.0.1:7860", "localhost", "[::1]:7860", *([] if bind == "0.0.0.0" else [bind])):
@@ -102,33 +100,35 @@ def test_foreign_host_names_are_refused_on_every_bind(ws):
                 assert c.get("/api/info", headers={"Host": "ui.example.lan:7860"}).status_code == 200
 
 
-def test_writes_from_another_origin_are_refused(client):
+def test_writes_from_another_origin_are_refused(ui_client):
     body = {"overrides": []}
     for origin in ("http://evil.example", "http://127.0.0.1:9999", "null", "http://localhost:7860"):
-        r = client.post("/api/config/preview", json=body, headers={"Origin": origin})
+        r = ui_client.post("/api/config/preview", json=body, headers={"Origin": origin})
         assert r.status_code == 403 and "Origin" in r.json()["error"], origin
-    assert client.post("/api/config/preview", json=body, headers={"Origin": BASE}).status_code == 200
-    assert client.post("/api/config/preview", json=body).status_code == 200  # no Origin: not a browser page
-    assert client.get("/api/info", headers={"Origin": "http://evil.example"}).status_code == 200
+    assert ui_client.post("/api/config/preview", json=body, headers={"Origin": UI_BASE}).status_code == 200
+    assert (
+        ui_client.post("/api/config/preview", json=body).status_code == 200
+    )  # no Origin: not a browser page
+    assert ui_client.get("/api/info", headers={"Origin": "http://evil.example"}).status_code == 200
 
 
-def test_no_response_may_be_framed(client, bare, ws):
-    run = ws / "runs" / "r"
+def test_no_response_may_be_framed(ui_client, bare, ui_ws):
+    run = ui_ws / "runs" / "r"
     (run / "eval").mkdir(parents=True)
     (run / "config.yaml").write_text("model:\n  name: x\n")
     (run / "metrics.jsonl").write_text("")
     (run / "eval" / "report.html").write_text("<p>report</p>")
     for r in (
-        client.get("/"),
-        client.get("/static/main.js"),
-        client.get("/api/info"),
-        client.get("/api/jobs/nope"),
+        ui_client.get("/"),
+        ui_client.get("/static/main.js"),
+        ui_client.get("/api/info"),
+        ui_client.get("/api/jobs/nope"),
         bare.get("/api/info"),
-        client.get("/api/info", headers={"Host": "evil.example"}),
+        ui_client.get("/api/info", headers={"Host": "evil.example"}),
     ):
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"], r.url
         assert r.headers["x-frame-options"] == "DENY"
-    report = client.get("/api/runs/file/runs/r/eval/report.html")
+    report = ui_client.get("/api/runs/file/runs/r/eval/report.html")
     assert report.status_code == 200
     assert report.headers["content-security-policy"] == "sandbox; frame-ancestors 'none'"
 
@@ -136,27 +136,27 @@ def test_no_response_may_be_framed(client, bare, ws):
 # --- what the browser may ask for ------------------------------------------------------------------
 
 
-def test_remote_code_and_pickles_are_refused_from_the_browser(client, ws):
+def test_remote_code_and_pickles_are_refused_from_the_browser(ui_client, ui_ws):
     base = ["model.name=tiny-llama", "data.path=qa.jsonl", "output.name=rc"]
     for field in ("model.trust_remote_code", "model.allow_pickle"):
-        view = client.post("/api/config/preview", json={"overrides": [*base, f"{field}=true"]}).json()
+        view = ui_client.post("/api/config/preview", json={"overrides": [*base, f"{field}=true"]}).json()
         assert not view["ok"] and field in {p["path"] for p in view["problems"]}
-        r = client.post("/api/train/start", json={"overrides": [*base, f"{field}=true"]})
+        r = ui_client.post("/api/train/start", json={"overrides": [*base, f"{field}=true"]})
         assert (
             r.status_code == 400 and field in r.json()["error"] and "--allow-remote-code" in r.json()["error"]
         )
-        r = client.post("/api/data/inspect", json={"path": "qa.jsonl", "overrides": [f"{field}=true"]})
+        r = ui_client.post("/api/data/inspect", json={"path": "qa.jsonl", "overrides": [f"{field}=true"]})
         assert r.status_code == 400 and field in r.json()["error"]
-    assert not (ws / "configs").exists()
-    allowed = create_app(ws, token=TOKEN, allow_remote_code=True)
-    with TestClient(allowed, base_url=BASE, headers=HEADERS) as c:
+    assert not (ui_ws / "configs").exists()
+    allowed = create_app(ui_ws, token=UI_TOKEN, allow_remote_code=True)
+    with TestClient(allowed, base_url=UI_BASE, headers=UI_HEADERS) as c:
         view = c.post(
             "/api/config/preview", json={"overrides": [*base, "model.trust_remote_code=true"]}
         ).json()
         assert view["ok"], view["problems"]
 
 
-def test_a_second_start_while_the_first_is_being_set_up_gets_409(client, ws, monkeypatch):
+def test_a_second_start_while_the_first_is_being_set_up_gets_409(ui_client, ui_ws, monkeypatch):
     from smolora.ui import jobs, training
 
     entered, release = threading.Event(), threading.Event()
@@ -165,21 +165,23 @@ def test_a_second_start_while_the_first_is_being_set_up_gets_409(client, ws, mon
         entered.set()
         release.wait(10)  # old code: the second request comes in here too instead of a 409
         argv = [sys.executable, "-c", "import time; time.sleep(60)"]
-        return jobs.start_job("train", argv, ws, ws / "slow.log", run_dir=ws / "runs" / "slow", name="slow")
+        return jobs.start_job(
+            "train", argv, ui_ws, ui_ws / "slow.log", run_dir=ui_ws / "runs" / "slow", name="slow"
+        )
 
     monkeypatch.setattr(training, "start_training", slow_start)
     body = {"overrides": ["data.path=qa.jsonl"]}
     first: list = []
-    thread = threading.Thread(target=lambda: first.append(client.post("/api/train/start", json=body)))
+    thread = threading.Thread(target=lambda: first.append(ui_client.post("/api/train/start", json=body)))
     thread.start()
     assert entered.wait(30)
-    second = client.post("/api/train/start", json=body)
+    second = ui_client.post("/api/train/start", json=body)
     release.set()
     thread.join(30)
     assert second.status_code == 409 and "already" in second.json()["error"]
     assert first[0].status_code == 200
-    assert client.post("/api/train/start", json=body).status_code == 409  # running now: still one
-    client.post("/api/train/stop")
+    assert ui_client.post("/api/train/start", json=body).status_code == 409  # running now: still one
+    ui_client.post("/api/train/stop")
 
 
 # --- chat -----------------------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def test_an_aborted_chat_stops_generating_and_frees_the_model_lock(tiny_model_di
     assert not chat._generate_lock.locked()
 
 
-def test_a_client_disconnect_cancels_the_chat(ws, monkeypatch):
+def test_a_client_disconnect_cancels_the_chat(ui_ws, monkeypatch):
     from smolora.ui import chat
     from ui_server import serve_in_thread
 
@@ -218,12 +220,12 @@ def test_a_client_disconnect_cancels_the_chat(ws, monkeypatch):
             time.sleep(0.01)
 
     monkeypatch.setattr(chat, "stream_answer", endless)
-    with serve_in_thread(create_app(ws, token=TOKEN)) as url:
+    with serve_in_thread(create_app(ui_ws, token=UI_TOKEN)) as url:
         body = json.dumps({"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}).encode()
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             head = (
-                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {UI_TOKEN}\r\n"
                 f"X-SmoLoRA: 1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             )
             s.sendall(head.encode() + body)
@@ -237,24 +239,24 @@ def test_a_client_disconnect_cancels_the_chat(ws, monkeypatch):
 # --- secrets on disk -------------------------------------------------------------------------------
 
 
-def test_configs_written_by_the_ui_are_masked(client, ws):
-    (ws / "empty.jsonl").write_text("\n")
+def test_configs_written_by_the_ui_are_masked(ui_client, ui_ws):
+    (ui_ws / "empty.jsonl").write_text("\n")
     overrides = [
         "model.name=tiny-llama",
         "data.path=empty.jsonl",
         f"data.system_prompt=Use {SECRET} to push",
         "output.name=masked",
     ]
-    view = client.post("/api/config/preview", json={"overrides": overrides}).json()
+    view = ui_client.post("/api/config/preview", json={"overrides": overrides}).json()
     assert SECRET not in view["yaml"] and view["masked"] == ["data.system_prompt"]
-    r = client.post("/api/train/start", json={"overrides": overrides})
+    r = ui_client.post("/api/train/start", json={"overrides": overrides})
     assert r.status_code == 200, r.text
-    written = (ws / "configs" / "masked.yaml").read_text()
+    written = (ui_ws / "configs" / "masked.yaml").read_text()
     assert SECRET not in written and "hf_***" in written
     deadline = time.time() + 300
-    while client.get("/api/train/status").json()["state"] == "running" and time.time() < deadline:
+    while ui_client.get("/api/train/status").json()["state"] == "running" and time.time() < deadline:
         time.sleep(0.5)
-    for f in ws.rglob("*"):
+    for f in ui_ws.rglob("*"):
         if f.is_file() and f.suffix in (".yaml", ".log", ".json", ".jsonl"):
             assert SECRET not in f.read_text(errors="replace"), f
 
@@ -289,38 +291,34 @@ def fresh_worker():
     inspect.stop_worker()
 
 
-def test_a_file_too_big_for_the_data_view_is_an_error_not_a_dead_ui(client, ws, fresh_worker, monkeypatch):
+def test_a_file_too_big_for_the_data_view_is_an_error_not_a_dead_ui(
+    ui_client, ui_ws, fresh_worker, monkeypatch
+):
     monkeypatch.setattr(fresh_worker, "MEMORY_HEADROOM", 192 * 2**20)
     row = {"question": "What is x? " * 20, "answer": "It is y. " * 20}
     lines = (json.dumps({**row, "question": f"{i}: {row['question']}"}) for i in range(60_000))
-    (ws / "big.jsonl").write_text("\n".join(lines) + "\n")  # ~29 MB: far more than 192 MiB once parsed
+    (ui_ws / "big.jsonl").write_text("\n".join(lines) + "\n")  # ~29 MB: far more than 192 MiB once parsed
     model = ["model.name=tiny-llama"]
-    r = client.post("/api/data/inspect", json={"path": "big.jsonl", "overrides": model})
+    r = ui_client.post("/api/data/inspect", json={"path": "big.jsonl", "overrides": model})
     assert 400 <= r.status_code < 600 and r.status_code != 404
     error = r.json()["error"]
     assert "\n" not in error and "big.jsonl" in error
-    assert client.get("/api/info").status_code == 200  # the UI process is untouched
-    ok = client.post("/api/data/inspect", json={"path": "qa.jsonl", "overrides": model})
+    assert ui_client.get("/api/info").status_code == 200  # the UI process is untouched
+    ok = ui_client.post("/api/data/inspect", json={"path": "qa.jsonl", "overrides": model})
     assert ok.status_code == 200 and ok.json()["counts"]["input"] == 40
     assert os.getpid() != fresh_worker._worker["proc"].pid  # and it was read elsewhere
 
 
-def test_a_stuck_inspection_times_out_and_the_next_one_works(client, fresh_worker, monkeypatch):
+def test_a_stuck_inspection_times_out_and_the_next_one_works(ui_client, fresh_worker, monkeypatch):
     monkeypatch.setattr(fresh_worker, "TIMEOUT_S", 0.01)  # no worker starts that fast
     body = {"path": "qa.jsonl", "overrides": ["model.name=tiny-llama"]}
-    r = client.post("/api/data/inspect", json=body)
+    r = ui_client.post("/api/data/inspect", json=body)
     assert r.status_code == 504 and "took over" in r.json()["error"]
     monkeypatch.setattr(fresh_worker, "TIMEOUT_S", 600.0)
-    assert client.post("/api/data/inspect", json=body).status_code == 200
+    assert ui_client.post("/api/data/inspect", json=body).status_code == 200
 
 
 # --- the `smolora ui` options ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ui(args: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
@@ -349,11 +347,11 @@ def wait_for(port: int, proc: subprocess.Popen, log: Path) -> None:
             time.sleep(0.3)
 
 
-def test_cli_token_allowed_host_and_allow_remote_code(ws, tmp_path):
+def test_cli_token_allowed_host_and_allow_remote_code(ui_ws, tmp_path):
     import httpx
 
     token = "cli-token-abcdefghijklmnop"
-    args = ["--workspace", str(ws), "--token", token, "--allowed-host", "ui.test", "--allow-remote-code"]
+    args = ["--workspace", str(ui_ws), "--token", token, "--allowed-host", "ui.test", "--allow-remote-code"]
     log = tmp_path / "ui.log"
     proc, port = start_ui(args, {"SMOLORA_HOME": str(tmp_path / "home")}, log)
     try:
@@ -373,12 +371,12 @@ def test_cli_token_allowed_host_and_allow_remote_code(ws, tmp_path):
         proc.wait(30)
 
 
-def test_cli_token_from_the_environment_and_a_short_token_refused(ws, tmp_path):
+def test_cli_token_from_the_environment_and_a_short_token_refused(ui_ws, tmp_path):
     import httpx
 
     token = "env-token-abcdefghijklmnop"
     log = tmp_path / "ui.log"
-    proc, port = start_ui(["--workspace", str(ws)], {"SMOLORA_UI_TOKEN": token}, log)
+    proc, port = start_ui(["--workspace", str(ui_ws)], {"SMOLORA_UI_TOKEN": token}, log)
     try:
         wait_for(port, proc, log)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=True, timeout=120) as browser:
@@ -389,7 +387,7 @@ def test_cli_token_from_the_environment_and_a_short_token_refused(ws, tmp_path):
         proc.terminate()
         proc.wait(30)
     short = subprocess.run(
-        [sys.executable, "-m", "smolora.cli.main", "ui", "--workspace", str(ws), "--token", "short"],
+        [sys.executable, "-m", "smolora.cli.main", "ui", "--workspace", str(ui_ws), "--token", "short"],
         capture_output=True,
         text=True,
     )
