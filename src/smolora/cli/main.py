@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from smolora.cli import bench, config, data, doctor, eval, export, generate, models, serve, train, ui
+from smolora.cli import bench, config, data, doctor, eval, export, generate, models, serve, sweep, train, ui
 from smolora.cli.common import err, state
 from smolora.errors import SmoLoRAError
 
@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 for command in (
     train.train,
+    sweep.sweep,
     generate.generate,
     generate.chat,
     train.init,
