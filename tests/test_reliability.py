@@ -26,6 +26,7 @@ import smolora.train.trainer as trainer_module
 from helpers import tiny_config
 from smolora.config import load_config
 from smolora.errors import TrainingError
+from smolora.runs import ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_FILE
 from smolora.train.checkpoints import MANIFEST, STAGING, check_checkpoint, checkpoints_of
 from smolora.train.recipe import last_checkpoint, train
 
@@ -397,3 +398,21 @@ def test_trim_metrics_replaces_the_file_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         trim_metrics(tmp_path, 2)
     assert path.read_text() == rows and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_resume_from_the_final_checkpoint_only_saves(tiny_model_dir, qa_file, tmp_path):
+    """A checkpoint at the end of the schedule, then a crash before the adapter save: no extra step."""
+    cfg = tiny_config(tiny_model_dir, qa_file, tmp_path, "train.max_steps=4", "train.save_every=2")
+    run = train(cfg, show_progress=False)
+    assert (run / CHECKPOINTS_DIR / "checkpoint-4").is_dir()
+    # a crash between the last checkpoint and the adapter save: the adapter is missing
+    shutil.rmtree(run / ADAPTER_DIR)
+    run = train(cfg, resume=True, show_progress=False)
+    steps = [r["step"] for r in map(json.loads, (run / METRICS_FILE).read_text().splitlines()) if "loss" in r]
+    assert max(steps) == 4, steps
+    assert (run / ADAPTER_DIR / "smolora.json").exists()
+    # and the adapter saved is the one the final checkpoint holds, not a fresh or further-trained one
+    saved = load_file(run / ADAPTER_DIR / "adapter_model.safetensors")
+    final = load_file(run / CHECKPOINTS_DIR / "checkpoint-4" / "adapter_model.safetensors")
+    assert saved.keys() == final.keys()
+    assert all(torch.equal(saved[k], final[k]) for k in saved)

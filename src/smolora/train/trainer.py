@@ -55,6 +55,15 @@ class SmoLoRATrainer(Trainer):
         # so Trainer must count it and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
 
+    def _run_epoch(self, *args, **kwargs):
+        # transformers checks "enough steps?" only after a step, so resuming from a checkpoint saved at
+        # the very end (a crash between it and the adapter save) would train one step past the
+        # schedule; with nothing left to do the epoch is skipped and the run goes on to save.
+        if self.state.max_steps and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs.get("attention_mask")
         if model.training:
