@@ -195,7 +195,7 @@ def start_server(run, tmp_path_factory, *flags):
     import httpx
 
     port = free_port()
-    log = tmp_path_factory.mktemp("limits-log") / "server.log"
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
     cmd = [
         sys.executable,
         "-m",
@@ -208,7 +208,7 @@ def start_server(run, tmp_path_factory, *flags):
         "1",
         *flags,
     ]
-    env = {**os.environ, "SMOLORA_HOME": str(tmp_path_factory.mktemp("limits-home"))}
+    env = {**os.environ, "SMOLORA_HOME": str(tmp_path_factory.mktemp("serve-home"))}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

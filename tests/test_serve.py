@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +13,7 @@ import openai
 import pytest
 import torch
 
-from helpers import free_port
+from helpers import start_server
 
 KEY = "test-key"
 
@@ -42,34 +39,18 @@ def runs(tmp_path_factory, tiny_run):
 @pytest.fixture(scope="module")
 def server(runs, tiny_model_dir, tmp_path_factory):
     """One server for the module: two adapters on one base, an API key, a long batch window."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    cmd = [sys.executable, "-m", "smolora.cli.main", "serve", str(runs[0]), "--adapter", f"second={runs[1]}"]
-    cmd += [
-        "--port",
-        str(port),
+    proc, base, log = start_server(
+        runs[0],
+        tmp_path_factory,
+        "--adapter",
+        f"second={runs[1]}",
         "--api-key",
         KEY,
         "--max-batch",
         "4",
         "--batch-wait-ms",
         "300",
-        "--threads",
-        "1",
-    ]
-    env = {**os.environ, "SMOLORA_HOME": str(tmp_path_factory.mktemp("serve-home"))}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    # Wait for the model to load; this loop ends on readiness or on the process dying.
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
+    )
     yield {"url": base, "base_model": str(tiny_model_dir), "proc": proc, "log": log}
     proc.terminate()
     proc.wait(timeout=30)
