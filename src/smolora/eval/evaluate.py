@@ -6,7 +6,8 @@ perplexity on the answers (the tokens training learns) and, on batched greedy ge
 every metric in `smolora.eval.metrics.METRICS`; lm-eval tasks are optional. The base model's
 numbers come from the very same weights with the adapter switched off, so the only
 difference between the two columns is the fine-tune. Results go to `RUN/eval/`
-(metrics.json, samples.jsonl, report.md, report.html) and `RUN/plots/loss.png`.
+(metrics.json, samples.jsonl, report.md, report.html) and `RUN/plots/loss.png`;
+metrics.json and the report carry the diagnosis (smolora.eval.diagnose).
 
 Run as:
     result = evaluate_run("runs/quickstart")
@@ -28,6 +29,7 @@ from transformers import TrainerCallback
 
 from smolora.config import RunConfig, load_config
 from smolora.errors import DatasetError, SmoLoRAError
+from smolora.eval.diagnose import eval_diagnosis
 from smolora.eval.metrics import LOWER_IS_BETTER, METRICS, exact_match, normalize  # noqa: F401 (re-exported)
 from smolora.runs import (
     ADAPTER_DIR,
@@ -268,6 +270,7 @@ def evaluate_run(
         else None,
         "seconds": seconds,
     }
+    metrics.update(eval_diagnosis(run_dir, cfg, metrics))  # training's findings + forgetting; best step
     samples = [
         {"prompt": p["messages"][-1]["content"], "reference": r, "base": b, "fine_tuned": t}
         for p, r, b, t in zip(

@@ -1,7 +1,8 @@
 """The evaluation report: RUN/eval/report.md and a self-contained RUN/eval/report.html.
 
 Both hold the run's config summary, the loss curve (train and eval, from metrics.jsonl), the
-base vs fine-tuned metric table and sample prompts side by side (reference, base, fine-tuned);
+base vs fine-tuned metric table, the diagnosis (smolora.eval.diagnose: what went wrong and the
+setting to change) and sample prompts side by side (reference, base, fine-tuned);
 with eval.generate_every, also how the answers changed during training. The plots are PNG
 files under RUN/plots/ (linked from the Markdown) and embedded as base64 in the HTML, so the
 HTML file can be mailed or attached on its own.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smolora.config import RunConfig
+from smolora.eval.diagnose import report_lines
 from smolora.runs import (
     EVAL_DIR,
     GENERATIONS_FILE,
@@ -214,6 +216,7 @@ def write_report(
         "metrics": metric_rows(metrics),
         "samples": samples[: cfg.eval.num_samples],
         "history": generation_history(run_dir),
+        "diagnosis": report_lines(metrics),
     }
     out = run_dir / EVAL_DIR
     md, page = out / "report.md", out / "report.html"
@@ -268,6 +271,11 @@ def render_markdown(metrics: dict[str, Any], parts: dict[str, Any], images: list
         "Generation metrics are 0-100 (higher is better); eval_loss and perplexity are on the answer "
         "tokens (lower is better); lm-eval scores (task/metric) are on lm-eval's own scale.",
         "",
+        *(
+            ["## Diagnosis", "", *[f"- {line}" for line in parts["diagnosis"]], ""]
+            if parts["diagnosis"]
+            else []
+        ),
         "## Loss curve",
         "",
         *[f"![{name}](../plots/{name}.png)" for name in images],
@@ -355,6 +363,7 @@ def render_html(metrics: dict[str, Any], parts: dict[str, Any], images: dict[str
 <table><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>change</th></tr>{"".join(rows)}</table>
 <p class=sub>Generation metrics are 0-100 (higher is better); eval_loss and perplexity are on the answer
 tokens (lower is better); lm-eval scores (task/metric) are on lm-eval's own scale.</p>
+{"<h2>Diagnosis</h2><ul>" + "".join(f"<li>{_e(x)}</li>" for x in parts["diagnosis"]) + "</ul>" if parts["diagnosis"] else ""}
 <h2>Loss curve and scores</h2>
 <div class=grid>{"".join(_img(png, key) for key, png in images.items())}</div>
 {sample_section}

@@ -1,6 +1,6 @@
 """The Runs view's server side: `smolora.runs` (behind `smolora runs list/compare`) plus what a
 browser needs on top: is the run training right now, is there an adapter, an eval report,
-and the loss curves to draw.
+the diagnosis lines and best checkpoint, and the loss curves to draw.
 
 Run as:
     for run in list_runs(Path("runs"), running=set()):
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from smolora.eval.diagnose import best_line, diagnosis_lines, stored_diagnosis
 from smolora.runs import ADAPTER_DIR, ADAPTER_META, METRICS_FILE, compare_runs, find_runs, is_run, run_summary
 from smolora.ui.training import read_metrics
 
@@ -24,6 +25,8 @@ def summarize(run: Path, running: set[str]) -> dict[str, Any]:
     s["has_adapter"] = (run / ADAPTER_DIR / ADAPTER_META).exists()
     s["has_report"] = (run / "eval" / "report.html").exists()
     s["modified"] = max((p.stat().st_mtime for p in run.iterdir()), default=0.0)
+    stored = stored_diagnosis(run)  # what training (and `smolora eval`) found, one line each
+    s["diagnosis"], s["best"] = diagnosis_lines(stored["diagnosis"]), best_line(stored["best"])
     return s
 
 

@@ -42,7 +42,13 @@ function row(r) {
   );
   return [
     el("input", { type: "checkbox", class: "cmp", value: r.path, "aria-label": `compare ${r.name}` }),
-    el("span", { class: "run-name", text: r.name, title: r.path }),
+    el(
+      "div",
+      {},
+      el("span", { class: "run-name", text: r.name, title: r.path }),
+      // What training and `smolora eval` found, with the setting to change (eval/diagnose.py).
+      [r.best, ...(r.diagnosis || [])].filter(Boolean).map((line) => el("div", { class: "muted small diagnosis", text: line })),
+    ),
     badge(r.status),
     r.base_model || "–",
     r.method || "–",
