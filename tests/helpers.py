@@ -98,6 +98,8 @@ def tiny_overrides(model_dir, data, out: Path, *extra: str) -> list[str]:
 
     Short sequences and batches keep a step in milliseconds; lr 1e-2 moves the loss within a few
     steps; a checkpoint every 4 steps (five kept) gives resume tests something to resume from.
+    One epoch and one evaluation at the end keep step and checkpoint counts what the tests
+    expect; tests of the auto schedule and of best-checkpoint selection set them back to auto.
     """
     return [
         f"model.name={model_dir}",
@@ -105,6 +107,8 @@ def tiny_overrides(model_dir, data, out: Path, *extra: str) -> list[str]:
         "data.max_length=64",
         "train.batch_size=4",
         "train.lr=1e-2",
+        "train.epochs=1",
+        "train.eval_every=null",
         "train.save_every=4",
         "train.keep_checkpoints=5",
         f"output.dir={out / 'runs'}",

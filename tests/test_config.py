@@ -19,7 +19,7 @@ def test_defaults_and_name_from_file(tmp_path):
     cfg = load_config(write(tmp_path / "my-run.yaml", "data:\n  path: d.jsonl\n"))
     assert cfg.model.name == "smollm2-135m"
     assert cfg.output.name == "my-run"
-    assert cfg.lora.r == 16 and cfg.train.lr == 2e-4
+    assert cfg.lora.r == 16 and cfg.train.lr == "auto" and cfg.train.epochs == "auto"
 
 
 def test_extends_relative_to_including_file_and_child_wins(tmp_path):

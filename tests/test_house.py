@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "smolora"
 
 LAYERS = [
-    {"errors", "redact", "logs", "durable", "config_problems", "config", "runs"},
+    {"errors", "redact", "logs", "durable", "config_problems", "config_read", "config", "runs"},
     {"data", "model", "generate"},
     {"train", "eval", "export", "bench", "doctor"},
     {"api"},

@@ -12,22 +12,18 @@ Run as:
 
 from __future__ import annotations
 
-import codecs
-import datetime
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from smolora.config_problems import problems_message, validation_problems
+from smolora.config_read import plain, read_file
 from smolora.errors import ConfigError, excerpt
-
-MAX_CONFIG_BYTES = 1 << 20  # a run config is a few KB: more is the wrong file (or /dev/zero)
-MAX_CONFIG_VALUES = 100_000  # with YAML aliases expanded: a "billion laughs" file stops here
 
 
 class Section(BaseModel):
@@ -103,6 +99,12 @@ class DataSection(Section):
         False, description="Read and tokenize on the fly, for data larger than RAM; needs train.max_steps."
     )
     num_proc: int | None = Field(None, ge=1, description="Worker processes for tokenizing (datasets.map).")
+    task: Literal["sft", "memorize"] = Field(
+        "sft",
+        description="memorize: knowledge injection. Every row is trained on (no validation split taken "
+        "from the facts) and training stops once the facts are recalled (greedy exact match on a sample "
+        "of training rows).",
+    )
 
 
 # The keys of smolora.model.adapters.METHODS, spelled out so the config never imports the model
@@ -140,9 +142,13 @@ class LoraSection(Section):
 
 
 class TrainSection(Section):
-    epochs: float = Field(1.0, gt=0)
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="auto: picked from the data size (train/schedule.py); the log says why."
+    )
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
-    lr: float = Field(2e-4, gt=0)
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="auto: picked from the method, the model size and the LoRA scale."
+    )
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     seed: int = 42
@@ -154,7 +160,13 @@ class TrainSection(Section):
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     optimizer: str = "adamw_torch"
     log_every: int = Field(1, ge=1)
-    eval_every: int | None = Field(None, ge=1, description="Eval loss every N steps (None: at the end).")
+    eval_every: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto",
+        description="Evaluate every N steps; auto: about 8 times per run; null: only at the end.",
+    )
+    patience: int = Field(
+        3, ge=0, description="Stop after this many evaluations without a better result (0: never early)."
+    )
     report_to: list[str] = Field(default_factory=list, description="tensorboard, mlflow, wandb.")
     batching: Literal["auto", "bucketed", "grouped", "packed", "padded"] = Field(
         "auto",
@@ -172,6 +184,26 @@ class TrainSection(Section):
         None, description="accelerate config file (FSDP, DeepSpeed ZeRO, nodes); see examples/accelerate/."
     )
 
+    @field_validator("epochs", "lr", "eval_every", mode="before")
+    @classmethod
+    def _number_or_auto(cls, v: Any, info) -> Any:
+        # Before the union check, so a bad value gets one line instead of one per union member.
+        if v == "auto" or (v is None and info.field_name == "eval_every"):
+            return v
+        whole = info.field_name == "eval_every"
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            number = float(v)
+            if whole and number != int(number):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            kind = "a whole number of steps" if whole else "a number"
+            raise ValueError(f"must be {kind} or 'auto'") from None
+        if number <= 0 or number != number or number in (float("inf"), float("-inf")):
+            raise ValueError("must be above 0 (or 'auto')")
+        return int(number) if whole else number
+
     @field_validator("report_to")
     @classmethod
     def _known_trackers(cls, v: list[str]) -> list[str]:
@@ -187,6 +219,17 @@ class EvalSection(Section):
     num_samples: int = Field(8, ge=0, description="Sample rows shown side by side in the report.")
     max_examples: int | None = Field(200, ge=1, description="Held-out rows used for generation metrics.")
     generate_every: int | None = Field(None, ge=1, description="Log sample generations every N steps.")
+    select: Literal["loss", "exact_match", "rouge1", "rougeL", "bleu", "chrf"] = Field(
+        "loss",
+        description="What picks the best checkpoint: validation loss, or a generation metric on up to "
+        "eval.select_examples held-out rows.",
+    )
+    select_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Rows generated at each evaluation when a generation metric picks the best (eval.select, "
+        "or recall under data.task=memorize); default 64 held-out rows, or 300 training rows for memorize.",
+    )
 
 
 class OutputSection(Section):
@@ -228,73 +271,6 @@ class RunConfig(Section):
 # --- reading files, inheritance, overrides -------------------------------------------------
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a file; pass a YAML or JSON run config")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, so not a run config")
-    # UTF-16 with a BOM is what some Windows editors save; anything else is read as UTF-8.
-    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
-    text = raw.decode("utf-16" if utf16 else "utf-8-sig", errors="replace")
-    kind = "JSON" if path.suffix == ".json" else "YAML"
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        data = _plain(data, path)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not valid {kind}: {e}") from None
-    except (ValueError, RecursionError) as e:  # a 5,000-digit number; nesting past the recursion limit
-        raise ConfigError(f"{path}: cannot read this {kind} ({excerpt(e, 120)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of sections (model:, data:, ...), got {type(data).__name__}"
-        )
-    return data
-
-
-def _plain(data: Any, source: Path | str) -> Any:
-    """A fresh copy of parsed YAML as JSON-like data: string keys, dates as text, sets as lists.
-
-    YAML aliases let one object appear in many places: nine levels of nine expand to 387 million
-    values (a "billion laughs"), and an alias inside its own anchor never ends. Both stop here.
-    """
-    count = 0
-
-    def copy(node: Any, parents: tuple[int, ...]) -> Any:
-        nonlocal count
-        count += 1
-        if count > MAX_CONFIG_VALUES:
-            raise ConfigError(
-                f"{source}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded "
-                "(an alias bomb?); a run config has a few dozen"
-            )
-        if node is None or isinstance(node, (str, bool, int, float)):
-            return node
-        if isinstance(node, (datetime.date, datetime.datetime)):
-            return node.isoformat()  # `name: 2024-01-01` means the text, not a date object
-        if not isinstance(node, (dict, list, tuple, set)):
-            raise ConfigError(
-                f"{source}: a {type(node).__name__} value ({excerpt(repr(node), 60)}); a config holds text, "
-                "numbers, booleans, lists and mappings"
-            )
-        if id(node) in parents:
-            raise ConfigError(
-                f"{source}: a YAML alias refers to itself (like `&a [*a]`); a config cannot be recursive"
-            )
-        inner = (*parents, id(node))
-        if isinstance(node, dict):
-            return {k if isinstance(k, str) else str(k): copy(v, inner) for k, v in node.items()}
-        items = sorted(node, key=str) if isinstance(node, set) else node
-        return [copy(v, inner) for v in items]
-
-    return copy(data, ())
-
-
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -308,7 +284,7 @@ def read_with_extends(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[st
     if path in _seen:
         chain = " -> ".join(p.name for p in (*_seen, path))
         raise ConfigError(f"extends cycle: {chain}")
-    data = _read_file(path)
+    data = read_file(path)
     parents = data.pop("extends", None) or data.pop("_extends", None)
     if parents is None:
         return data
@@ -335,7 +311,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
         try:
-            value = _plain(yaml.safe_load(raw), f"--set {item}") if raw.strip() else None
+            value = plain(yaml.safe_load(raw), f"--set {item}") if raw.strip() else None
         except (yaml.YAMLError, ValueError, RecursionError):
             value = raw
         if isinstance(value, str):

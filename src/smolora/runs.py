@@ -146,6 +146,9 @@ def smolora_home() -> Path:
 # --- adapter/smolora.json -------------------------------------------------------------------
 
 
+WHEN_SET = ("task", "schedule", "best", "diagnosis")  # AdapterMeta fields left out of the file while None
+
+
 @dataclass
 class AdapterMeta:
     """adapter/smolora.json: what loading, serving and exporting need to rebuild the model's inputs.
@@ -165,6 +168,11 @@ class AdapterMeta:
     data_fingerprint: str | None = None
     data_format: str | None = None
     versions: dict[str, str] = field(default_factory=dict)  # torch, transformers, peft, ... at training
+    # Written only when set (older files stay byte for byte the same):
+    task: str | None = None  # data.task: sft, or memorize (the eval report then shows recall)
+    schedule: dict[str, Any] | None = None  # epochs, lr, eval_every, steps and why (train/schedule.py)
+    best: dict[str, Any] | None = None  # the step that won, by which metric, and why (train/best.py)
+    diagnosis: list[dict[str, Any]] | None = None  # eval/diagnose.py's findings; None: never diagnosed
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -177,6 +185,7 @@ class AdapterMeta:
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {k: v for k, v in out.items() if not (k in WHEN_SET and v is None)}
         return {**out, **self.extra}
 
 

@@ -77,6 +77,8 @@ def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str =
         # A saved DatasetDict or hub dataset has named splits; a plain file is read whole.
         examples, *_ = load_examples(data_path, cfg.data.model_copy(update={"split": split}))
         return examples[: cfg.eval.max_examples]
+    if split == "validation" and cfg.data.task == "memorize" and not cfg.data.val_path:
+        split = "train"  # memorizing has no held-out facts: what it is judged on is their recall
     if split not in SPLITS:
         raise SmoLoRAError(
             f"--split {split}: a run's own data has the splits {' and '.join(SPLITS)}; "

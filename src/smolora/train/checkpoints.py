@@ -106,8 +106,11 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(d, best_effort=True)  # some filesystems cannot sync a directory: training goes on
 
 
-def publish(staged: Path, final: Path, step: int, keep: int | None) -> None:
-    """Manifest, flush, rename `staged` to `final`, then delete the oldest beyond `keep`."""
+def publish(staged: Path, final: Path, step: int, keep: int | None, protect: int | None = None) -> None:
+    """Manifest, flush, rename `staged` to `final`, then delete the oldest beyond `keep`.
+
+    `protect`: the best checkpoint's step (train/best.py), never deleted, and not counted in `keep`.
+    """
     write_manifest(staged, step)
     fsync_tree(staged)  # data files on disk before the name that says they are complete
     if final.exists():  # the same step saved twice (a retry after out-of-memory): newest wins
@@ -116,7 +119,8 @@ def publish(staged: Path, final: Path, step: int, keep: int | None) -> None:
     fsync_dir(final.parent, best_effort=True)
     shutil.rmtree(staged.parent, ignore_errors=True)  # .staging is empty now
     if keep and keep > 0:
-        for old in checkpoints_of(final.parent.parent)[:-keep]:
+        rest = [c for c in checkpoints_of(final.parent.parent) if step_of(c) != protect]
+        for old in rest[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from smolora.config import RunConfig
 from smolora.runs import METRICS_FILE
 
 log = logging.getLogger("smolora")
+TIMINGS = ("_runtime", "_samples_per_second", "_steps_per_second")  # Trainer's own eval clock, not a score
 
 
 class RunLogger(TrainerCallback):
@@ -86,14 +87,21 @@ class RunLogger(TrainerCallback):
                 tokens_per_s=round(self.tokens_per_s, 2),
                 tokens=tokens,
             )
-        for key in ("eval_loss", "train_loss", "train_runtime"):
-            if key in logs:
-                row[key] = _num(logs[key])
+        for key, value in logs.items():  # eval_loss and the generation metrics (train/best.py)
+            if key in ("train_loss", "train_runtime") or (
+                key.startswith("eval_") and not key.endswith(TIMINGS)
+            ):
+                row[key] = _num(value)
         if len(row) > 2:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            if "eval_loss" in row:
-                log.info("step %d: eval loss %.4f", state.global_step, row["eval_loss"])
+            scores = [
+                f"{k.removeprefix('eval_').replace('_', ' ')} {v:.4g}"
+                for k, v in row.items()
+                if k.startswith("eval_")
+            ]
+            if scores:
+                log.info("step %d: eval %s", state.global_step, ", ".join(scores))
 
     def on_train_end(self, args, state, control, **kw):
         if self.progress is not None:

@@ -25,6 +25,7 @@ from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
 from smolora.data.collate import Collator
 from smolora.errors import TrainingError
+from smolora.eval.diagnose import diagnose, diagnosis_lines, settings_of
 from smolora.eval.evaluate import SampleGenerations
 from smolora.logs import setup_logging
 from smolora.model.adapters import METHODS, trainable_summary
@@ -35,15 +36,18 @@ from smolora.runs import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
     CONFIG_FILE,
+    METRICS_FILE,
     is_adapter_dir,
     mark_run,
     previous_dir,
     publish_run,
+    read_jsonl,
     remove_run,
     require_marked,
     staged_runs,
     staging_dir,
 )
+from smolora.train.best import evaluation, keep_best
 from smolora.train.checkpoints import good_checkpoint, trim_metrics
 from smolora.train.distributed import (
     SyncStop,
@@ -56,6 +60,7 @@ from smolora.train.distributed import (
 from smolora.train.guards import NonFiniteGuard, UpdateRecorder, is_oom, smaller_batch
 from smolora.train.progress import RunLogger, tracking_env
 from smolora.train.result import save_adapter
+from smolora.train.schedule import StepClock, resolve_schedule
 from smolora.train.speed import apply_fast_path, fast_path
 from smolora.train.stopping import StopOnSignal
 from smolora.train.trainer import SmoLoRATrainer, checkpoint_after_oom, loraplus_optimizer
@@ -128,7 +133,10 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 def training_arguments(
     cfg: RunConfig, run_dir: Path, plan: dict[str, Any], has_val: bool
 ) -> TrainingArguments:
-    """transformers' arguments for this run; batching and bf16 as the fast path `plan` chose them."""
+    """transformers' arguments for this run; batching and bf16 as the fast path `plan` chose them.
+
+    `cfg` has its schedule resolved (schedule.apply_schedule): epochs, lr and eval_every are numbers.
+    """
     t = cfg.train
     eval_strategy = "steps" if has_val and t.eval_every else "no"
     return TrainingArguments(
@@ -204,6 +212,15 @@ def add_method(model, cfg: RunConfig, unsloth: bool):
     return model
 
 
+def diagnosis(cfg: RunConfig, run_dir: Path, best: dict | None) -> list[dict]:
+    """What the loss curves say about the schedule (eval/diagnose.py), into the log and smolora.json."""
+    settings = {**settings_of(cfg), "best_step": best["step"] if best else None}
+    findings = diagnose(read_jsonl(run_dir / METRICS_FILE), settings)
+    for line in diagnosis_lines(findings):
+        (log.warning if findings else log.info)("diagnosis: %s", line)
+    return findings
+
+
 def with_callbacks(trainer: SmoLoRATrainer, callbacks: list) -> SmoLoRATrainer:
     # Our RunLogger replaces transformers' printing of raw log dicts and its tqdm bar.
     trainer.remove_callback(PrinterCallback)
@@ -239,6 +256,9 @@ def train(
     )
 
     # 2. data: read, detect, clean, split, render, mask, tokenize (cached by fingerprint)
+    if cfg.data.task == "memorize" and cfg.data.val_ratio:
+        log.info("data.task=memorize: every row is trained on (data.val_ratio %g -> 0)", cfg.data.val_ratio)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"val_ratio": 0.0})})
     with state.local_main_process_first():  # the tokenization cache is built once, then read by all
         data = prepare_data(cfg, tokenizer)
     cached = " (from cache)" if data.stats.get("cached") else ""
@@ -250,7 +270,8 @@ def train(
         cached,
     )
 
-    # 3. the fine-tuning method
+    # 3. the schedule (epochs, lr, eval cadence) where the config says auto, then the method
+    cfg, schedule = resolve_schedule(cfg, run_dir, data, model.num_parameters(), state)
     model = add_method(model, cfg, unsloth)
 
     # 4. the trainer
@@ -265,13 +286,14 @@ def train(
     sync = (
         [SyncStop(stopper)] if state.num_processes > 1 else []
     )  # after the stopper: all ranks stop together
+    eval_set, scorer, best = evaluation(cfg, data, tokenizer)  # what picks the best checkpoint
 
     def build_trainer(cfg: RunConfig) -> SmoLoRATrainer:  # built again by an out-of-memory retry
         trainer = SmoLoRATrainer(
             model=model,
-            args=training_arguments(cfg, run_dir, plan, data.val is not None),
+            args=training_arguments(cfg, run_dir, plan, eval_set is not None),
             train_dataset=data.train,
-            eval_dataset=data.val,
+            eval_dataset=eval_set,
             data_collator=Collator(tokenizer.pad_token_id, packed=plan["batching"] == "packed"),
             processing_class=tokenizer,
             optimizers=(loraplus_optimizer(model, cfg), None),
@@ -280,12 +302,16 @@ def train(
             batching=plan["batching"],
             run_dir=run_dir,
             lr=cfg.train.lr,
+            scorer=scorer,
         )
         # a few held-out answers every N steps, into generations.jsonl
         samples = [SampleGenerations(cfg, run_dir, tokenizer)] if cfg.eval.generate_every else []
         guard = NonFiniteGuard(run_dir, cfg.train.lr)  # a NaN gradient never reaches the weights
         logger = RunLogger(run_dir, counter, show_progress)
-        return with_callbacks(trainer, [logger, guard, *(callbacks or []), *samples, updates, stopper, *sync])
+        picks = [best] if best is not None else []
+        clock = StepClock()
+        extra = [*(callbacks or []), *samples, *picks, clock]
+        return with_callbacks(trainer, [logger, guard, *extra, updates, stopper, *sync])
 
     # 5. train (resuming restores optimizer, scheduler, RNG and dataloader position)
     checkpoint = last_checkpoint(run_dir) if resume else None
@@ -318,12 +344,16 @@ def train(
     evaluated_last = any(
         "eval_loss" in h and h.get("step") == trainer.state.global_step for h in trainer.state.log_history
     )
-    if data.val is not None and not evaluated_last:  # eval_every may have just landed on the last step
+    if eval_set is not None and not evaluated_last:  # eval_every may have just landed on the last step
         trainer.evaluate()
+    outcome = {"schedule": schedule, "best": keep_best(trainer, best, run_dir, state)}
+    outcome["diagnosis"] = on_main(state, lambda: diagnosis(cfg, run_dir, outcome["best"]))
 
     # 6. the result (FSDP / ZeRO-3: gather the shards on every rank, write on rank 0, then check it)
     weights = full_state_dict(trainer)
-    adapter = on_main(state, lambda: save_adapter(model, tokenizer, cfg, run_dir, data, state_dict=weights))
+    adapter = on_main(
+        state, lambda: save_adapter(model, tokenizer, cfg, run_dir, data, state_dict=weights, outcome=outcome)
+    )
     sharded = state.num_processes > 1
     on_main(state, lambda: check_saved_weights(adapter, model, trained=updates.moved, sharded=sharded))
     final = cfg.run_dir

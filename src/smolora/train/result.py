@@ -40,11 +40,18 @@ def library_versions() -> dict[str, str]:
 
 
 def save_adapter(
-    model, tokenizer, cfg: RunConfig, run_dir: Path, data: PreparedData, state_dict: dict | None = None
+    model,
+    tokenizer,
+    cfg: RunConfig,
+    run_dir: Path,
+    data: PreparedData,
+    state_dict: dict | None = None,
+    outcome: dict | None = None,
 ) -> Path:
     """PEFT adapter (or full weights) + tokenizer + smolora.json, written atomically.
 
     `state_dict`: the gathered weights when FSDP / ZeRO-3 sharded them (see distributed.py).
+    `outcome`: how the run went, for smolora.json: schedule, best, diagnosis (see AdapterMeta).
     """
     out = run_dir / ADAPTER_DIR
     tmp = run_dir / f"{ADAPTER_DIR}.partial"
@@ -53,7 +60,7 @@ def save_adapter(
         # PiSSA/OLoRA are converted to a LoRA that fits the untouched base
         save_weights(model, tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        write_meta(tmp, adapter_meta(cfg, tokenizer, data))
+        write_meta(tmp, adapter_meta(cfg, tokenizer, data, outcome))
         fsync_tree(tmp)  # on disk before the rename that says the run is finished
     except Exception as e:  # any writer: torch, safetensors (SafetensorError), the json
         shutil.rmtree(tmp, ignore_errors=True)
@@ -72,7 +79,7 @@ def save_adapter(
     return out
 
 
-def adapter_meta(cfg: RunConfig, tokenizer, data: PreparedData) -> AdapterMeta:
+def adapter_meta(cfg: RunConfig, tokenizer, data: PreparedData, outcome: dict | None = None) -> AdapterMeta:
     """adapter/smolora.json: what loading, serving and exporting need to rebuild the model's inputs."""
     manifest = read_manifest(resolve_model(cfg.model.name, cfg.model.revision)) or {}
     weights = manifest.get("files", {}).get("model.safetensors", {})
@@ -88,4 +95,6 @@ def adapter_meta(cfg: RunConfig, tokenizer, data: PreparedData) -> AdapterMeta:
         data_fingerprint=data.fingerprint,
         data_format=data.format,
         versions=library_versions(),
+        task=cfg.data.task,
+        **(outcome or {}),
     )

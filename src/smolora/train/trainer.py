@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class SmoLoRATrainer(Trainer):
         batching: str = "bucketed",
         run_dir: Path | None = None,
         lr: float = 0.0,
+        scorer: Callable[[Any], dict[str, float]] | None = None,
         **kw: Any,
     ):
         self.batching = batching  # read by _get_train_sampler, which super().__init__ may call
@@ -48,6 +50,7 @@ class SmoLoRATrainer(Trainer):
         super().__init__(*args, **kw)
         self.run_dir = run_dir if run_dir is not None else Path(self.args.output_dir).parent
         self.lr = lr
+        self.scorer = scorer  # generation metrics added to each evaluation (train/best.py)
         self.loss_chunk = loss_chunk
         self.counter = counter if counter is not None else {"tokens": 0}
         self.synced: dict[str, int] = {}  # the global token count at the last log (several processes)
@@ -85,6 +88,15 @@ class SmoLoRATrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def evaluation_loop(self, *args, **kwargs):
+        # Added here, before Trainer logs the metrics: they land in log_history (and so in
+        # checkpoints, for a resumed run's best-checkpoint choice), metrics.jsonl and on_evaluate.
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.scorer is not None:
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            output.metrics.update({f"{prefix}_{k}": v for k, v in self.scorer(self.model).items()})
+        return output
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         check_loss(loss, self.state.global_step + 1, self.run_dir, self.lr)  # NaN/inf: stop, say where
@@ -114,7 +126,8 @@ class SmoLoRATrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if self.args.should_save:
             try:
-                publish(staged, root / f"checkpoint-{step}", step, self.args.save_total_limit)
+                best = self.state.best_global_step  # set by train/best.py: never trimmed
+                publish(staged, root / f"checkpoint-{step}", step, self.args.save_total_limit, protect=best)
             except Exception as e:
                 shutil.rmtree(root / STAGING, ignore_errors=True)
                 if is_disk_full(e):
