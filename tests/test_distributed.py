@@ -45,6 +45,7 @@ def overrides(model_dir: Path, data: Path, out: Path, batch: int, name: str) -> 
         f"train.max_steps={STEPS}",
         "train.save_every=2",
         "train.keep_checkpoints=5",
+        "train.eval_every=null",  # one evaluation at the end: the checkpoints are the save_every ones
         "train.batching=padded",  # a seeded random order that both runs share (see above)
         f"train.batch_size={batch}",
         f"output.dir={out}",

@@ -161,6 +161,7 @@ def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(
         "train.save_every=2",
         "train.keep_checkpoints=2",
         "train.max_steps=12",
+        "train.eval_every=null",  # checkpoints every 2 steps only, none for a best evaluation
         f"output.dir={tmp_path / 'runs'}",
     ]
     ref = run_killer(tmp_path, "none", 0, False, [*base, "output.name=ref"])

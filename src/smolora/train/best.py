@@ -3,7 +3,7 @@
 At every evaluation `BestCheckpoint` looks at all evaluations so far (Trainer's log_history,
 which a checkpoint carries, so a resumed run knows them too), and
 - when this one is the best: asks Trainer to checkpoint now (that checkpoint is never trimmed
-  by keep_checkpoints: the trainer passes the best step to checkpoints.publish);
+  by keep_checkpoints: the trainer asks `best_step` and passes it to checkpoints.publish);
 - when `patience` evaluations in a row were no better: stops the run early;
 - when memorizing and the recall reached MEMORIZE_TARGET: stops, the facts are learnt.
 At the end the recipe loads the best checkpoint's weights (`load_best`) before saving the
@@ -81,13 +81,17 @@ class BestCheckpoint(TrainerCallback):
         step, value, _ = min(rows, key=lambda r: (sign * r[1], r[2], r[0]))
         return step, value
 
+    def best_step(self, state) -> int | None:
+        """The step whose checkpoint is never trimmed (read by the trainer when it publishes one)."""
+        best = self.best(state)
+        return best[0] if best else None
+
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         value = (metrics or {}).get(self.metric)
         best = self.best(state)
         if value is None or best is None:
             return control
         step = state.global_step
-        state.best_global_step, state.best_metric = best  # kept in trainer_state.json
         later = sum(1 for s, _ in self.history(state) if s > best[0])
         if best[0] == step and step < state.max_steps:
             control.should_save = True  # the best so far gets a checkpoint to come back to

@@ -303,6 +303,7 @@ def train(
             run_dir=run_dir,
             lr=cfg.train.lr,
             scorer=scorer,
+            best=best,
         )
         # a few held-out answers every N steps, into generations.jsonl
         samples = [SampleGenerations(cfg, run_dir, tokenizer)] if cfg.eval.generate_every else []

@@ -41,16 +41,24 @@ log = logging.getLogger("smolora")
 
 MIN_STEPS = 100  # optimizer steps a fine-tune gets at least (in whole epochs)
 MAX_EPOCHS = 8  # ... but no more passes than this over small data
-MEMORIZE_MIN_EPOCHS = 12  # facts are recalled after many passes, not a few
-MEMORIZE_MAX_EPOCHS = 40
+MEMORIZE_MIN_EPOCHS = 20  # facts are recalled after many passes, not a few
+MEMORIZE_MAX_EPOCHS = 30
 MEMORIZE_MIN_STEPS = 400
+MEMORIZE_LR_FACTOR = 2.0  # new facts need the weights moved further than a new format does
 EVALS_PER_RUN = 8  # eval cadence: about this many evaluations over the schedule
 MEMORIZE_CHECKS_EVERY = 2  # epochs between recall checks when memorizing
 CLOCK_STEPS = 5  # steps measured before the time estimate is logged
 
 
 def auto_lr(cfg: RunConfig, n_params: int) -> tuple[float, str]:
-    """The learning rate for this method and model size, and why, in a few words."""
+    """The learning rate for this method, model size and task, and why, in a few words."""
+    lr, why = method_lr(cfg, n_params)
+    if cfg.data.task == "memorize":
+        return lr * MEMORIZE_LR_FACTOR, f"{why}, x{MEMORIZE_LR_FACTOR:g} to memorize"
+    return lr, why
+
+
+def method_lr(cfg: RunConfig, n_params: int) -> tuple[float, str]:
     method = cfg.lora.method
     billions = n_params / 1e9
     size = f"{n_params / 1e6:.0f}M" if billions < 1 else f"{billions:.1f}B"

@@ -43,6 +43,7 @@ class SmoLoRATrainer(Trainer):
         run_dir: Path | None = None,
         lr: float = 0.0,
         scorer: Callable[[Any], dict[str, float]] | None = None,
+        best: Any = None,
         **kw: Any,
     ):
         self.batching = batching  # read by _get_train_sampler, which super().__init__ may call
@@ -51,6 +52,7 @@ class SmoLoRATrainer(Trainer):
         self.run_dir = run_dir if run_dir is not None else Path(self.args.output_dir).parent
         self.lr = lr
         self.scorer = scorer  # generation metrics added to each evaluation (train/best.py)
+        self.best = best  # train/best.py's BestCheckpoint: its step's checkpoint is never trimmed
         self.loss_chunk = loss_chunk
         self.counter = counter if counter is not None else {"tokens": 0}
         self.synced: dict[str, int] = {}  # the global token count at the last log (several processes)
@@ -126,7 +128,7 @@ class SmoLoRATrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if self.args.should_save:
             try:
-                best = self.state.best_global_step  # set by train/best.py: never trimmed
+                best = self.best.best_step(self.state) if self.best is not None else None
                 publish(staged, root / f"checkpoint-{step}", step, self.args.save_total_limit, protect=best)
             except Exception as e:
                 shutil.rmtree(root / STAGING, ignore_errors=True)

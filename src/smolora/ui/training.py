@@ -201,8 +201,12 @@ def total_steps(job: dict[str, Any]) -> tuple[int | None, bool]:
             pass
     log = run_dir / "train.log"
     if log.exists():
-        m = re.search(r"(\d+) train / (\d+) val rows", log.read_text(errors="replace"))
-        if m:
+        text = log.read_text(errors="replace")
+        chosen = re.search(r"schedule: .*?(\d+) steps", text)  # train/schedule.py's line: exact
+        if chosen:
+            return int(chosen.group(1)), True
+        m = re.search(r"(\d+) train / (\d+) val rows", text)
+        if m and isinstance(job["epochs"], (int, float)):
             per_epoch = max(1, math.ceil(int(m.group(1)) / job["batch"]))
             return math.ceil(job["epochs"] * per_epoch), False
     return None, False

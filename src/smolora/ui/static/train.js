@@ -25,6 +25,9 @@ function kindOf(prop) {
     const nullable = prop.anyOf.some((v) => v.type === "null");
     const rest = prop.anyOf.filter((v) => v.type !== "null");
     if (rest.length === 1) return { ...kindOf(rest[0]), nullable };
+    // A number or a word ("auto" for train.lr, train.epochs): typed as text, sent bare.
+    const numeric = rest.find((v) => v.type === "integer" || v.type === "number");
+    if (numeric && rest.every((v) => v === numeric || v.const !== undefined || v.enum)) return { kind: numeric.type, nullable };
     return { kind: "json", nullable };
   }
   if (prop.enum) return { kind: "enum", options: prop.enum, nullable: false };
