@@ -21,7 +21,8 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
     from rich.logging import RichHandler
 
     root = logging.getLogger("smolora")
-    root.setLevel(level)
+    # train.log keeps the record (schedule, best step, diagnosis) even when the console is quiet (-q).
+    root.setLevel(min(level, logging.INFO) if log_file is not None else level)
     root.handlers = [h for h in root.handlers if not isinstance(h, logging.FileHandler)]
     if not any(isinstance(h, RichHandler) for h in root.handlers):
         root.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=False))
