@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from helpers import tiny_config, write_qa
+from smolora.runs import run_summary
 from smolora.train.best import BestCheckpoint
 from smolora.train.recipe import train
 
@@ -68,6 +69,11 @@ def test_over_fitting_stops_early_and_keeps_the_best_checkpoint(tiny_model_dir, 
     # metrics.jsonl says the same as smolora.json
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r} == pytest.approx(evals, abs=1e-5)
+    # `smolora runs` and `smolora sweep` report the kept checkpoint's loss, not the last evaluation's
+    summary = run_summary(run)
+    assert summary["best_step"] == best["step"] and summary["eval_loss"] == pytest.approx(
+        best["value"], abs=1e-5
+    )
 
 
 class InterruptAt(TrainerCallback):

@@ -301,6 +301,9 @@ def run_summary(run: Path) -> dict[str, Any]:
     losses = [r for r in rows if r.get("loss") is not None]
     evals = [r for r in rows if r.get("eval_loss") is not None]
     done = (run / ADAPTER_DIR / ADAPTER_META).exists()
+    best = _kept_step(run) if done else None
+    # The adapter holds the best checkpoint (train/best.py): its validation loss, not the last one.
+    kept = [r for r in evals if r["step"] == best] if best is not None else []
     status = "done" if done else "unfinished" if (run / CHECKPOINTS_DIR).exists() else "not started"
     return {
         "name": run.name,
@@ -310,10 +313,20 @@ def run_summary(run: Path) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(_run_time(run))),
         "steps": losses[-1]["step"] if losses else 0,
         "final_loss": losses[-1]["loss"] if losses else None,
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_loss": (kept or evals)[-1]["eval_loss"] if evals else None,
+        "best_step": best,
         "eval_score": headline(read_eval(run)),
         "status": status,
     }
+
+
+def _kept_step(run: Path) -> int | None:
+    """The step whose weights the adapter holds, when training recorded it (smolora.json `best`)."""
+    try:
+        best = json.loads((run / ADAPTER_DIR / ADAPTER_META).read_text()).get("best")
+        return int(best["step"]) if isinstance(best, dict) else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # an older or damaged smolora.json: the last evaluation stands
 
 
 def list_runs(root: str | Path = "runs") -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ The runs are the cartesian product of the axes, each in its own run directory in
 `output.dir/<output.name>-sweep/`, named from its axis values (`lr=1e-4,epochs=1`). Re-running the
 same sweep skips the runs that finished (their adapter is saved) and resumes an interrupted one
 from its last checkpoint. At the end `sweep.json` and `sweep.png` compare them; the best is the
-lowest final validation loss.
+lowest validation loss of the checkpoint each run kept.
 
 Run as:
     grid = expand_grid(["train.lr=1e-4,1e-3", "train.epochs=1,3", "lora.r=8"])   # 4 runs
@@ -208,7 +208,7 @@ def summarize(
         "axes": axes,
         "sets": plain,
         "best": best,
-        "best_by": "lowest final eval_loss",
+        "best_by": "lowest eval_loss of the kept (best) checkpoint",
         "runs": runs,
     }
 
