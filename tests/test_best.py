@@ -142,6 +142,11 @@ def test_memorize_without_a_target_runs_its_whole_schedule(tiny_model_dir, tmp_p
     best = meta_of(run)["best"]
     assert best["last_step"] == best["max_steps"] == 6 and not best["stopped_early"]
     assert [s for s, _ in best["evaluations"]] == [4, 6]
+    # its eval scores the trained facts themselves: exact match is their recall
+    from smolora.eval.evaluate import evaluate_run
+
+    result = evaluate_run(run, report=False)
+    assert result["metrics"]["n_examples"] == 8 and "exact match is their recall" in result["metrics"]["data"]
 
 
 # --- BestCheckpoint on its own: the history Trainer keeps --------------------------------------

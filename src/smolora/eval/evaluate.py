@@ -109,6 +109,8 @@ def data_source(cfg: RunConfig, data_path: str | None, split: str) -> str:
 
     if data_path:
         return data_path
+    if cfg.data.task == "memorize" and not cfg.data.val_path:
+        return f"{names(cfg.data.path)} (the trained facts, data.task=memorize: exact match is their recall)"
     if cfg.data.val_path:
         return names(cfg.data.val_path if split == "validation" else cfg.data.path)
     return f"{names(cfg.data.path)} ({split} part of the seeded split: val_ratio {cfg.data.val_ratio}, seed {cfg.train.seed})"
