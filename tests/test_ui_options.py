@@ -40,7 +40,7 @@ def wait(client, url: str) -> dict:
     """The job's state once it is no longer running (a bound only so a hang fails, not a timing)."""
     deadline = time.time() + 600
     status = client.get(url).json()
-    while status["state"] == "running" and time.time() < deadline:
+    while status["state"] in ("running", "stopping") and time.time() < deadline:  # stopping: SIGINT sent
         time.sleep(0.5)
         status = client.get(url).json()
     return status
