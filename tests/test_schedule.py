@@ -122,3 +122,13 @@ def test_a_default_run_logs_its_schedule_and_records_it(tiny_model_dir, tmp_path
     assert (saved["epochs"], saved["lr"], saved["eval_every"]) == (MAX_EPOCHS, meta["schedule"]["lr"], 7)
     assert meta["best"]["metric"] == "eval_loss" and len(meta["best"]["evaluations"]) == 8
     assert isinstance(meta["diagnosis"], list)
+
+
+def test_the_quickstart_without_settings_leaves_the_schedule_to_smolora():
+    cfg = load_config("examples/quickstart-defaults.yaml")
+    explicit = load_config("examples/quickstart.yaml")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.eval_every) == ("auto", "auto", "auto")
+    assert cfg.data.path == explicit.data.path and cfg.data.val_path == explicit.data.val_path
+    # 360 training rows at batch 8: 45 steps an epoch, three of them, at LoRA's small-model rate
+    choice = auto_schedule(cfg, 360, SMOL)
+    assert (choice["epochs"], choice["steps"], choice["lr"]) == (3, 135, 1e-3)
