@@ -23,6 +23,7 @@ def test_init_writes_a_valid_commented_config(tmp_path, qa_file):
     assert "# SmoLoRA run config" in text and "detected format: qa" in text
     cfg = load_config(out)
     assert cfg.data.format == "qa" and cfg.data.fields == {"prompt": "question", "response": "answer"}
+    assert (cfg.train.epochs, cfg.train.lr) == ("auto", "auto")  # the schedule is picked from the data
 
 
 def test_config_show_and_schema(tmp_path):

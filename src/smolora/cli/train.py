@@ -87,7 +87,9 @@ def init(
         "  max_length: 512           # longer examples are truncated\n"
         "  val_ratio: 0.1            # held out for eval loss and `smolora eval`\n"
         "lora:\n  r: 16                     # adapter rank: capacity vs size\n  alpha: 32\n  dropout: 0.0\n"
-        "train:\n  epochs: 2\n  lr: 2.0e-4\n  batch_size: 8\n  save_every: 50            # checkpoint interval (steps)\n"
+        "train:\n  epochs: auto              # picked from the data size; the log says why (docs/defaults.md)\n"
+        "  lr: auto                  # picked from the method and the model size\n"
+        "  batch_size: 8\n  save_every: 50            # checkpoint interval (steps); the best one is always kept\n"
         f"output:\n  dir: runs\n  name: {name}\n",
         encoding="utf-8",
     )
