@@ -267,6 +267,9 @@ def test_runs_view_lists_and_compares(page, finished_runs):
     page.wait_for_selector("#runs-table tbody tr")
     names = page.locator("#runs-table .run-name").all_text_contents()
     assert {"tiny-a", "tiny-b"} <= set(names)
+    # under each name: the step that won and the diagnosis (eval_every=10 over 30 steps)
+    lines = page.locator("#runs-table .diagnosis").all_text_contents()
+    assert sum(line.startswith("best checkpoint: step ") for line in lines) == 2, lines
     for path in finished_runs:
         page.check(f'#runs-table .cmp[value="{path}"]')
     page.click("#compare-btn")
