@@ -51,7 +51,8 @@ def num(x: float | None, digits: int = 1) -> str:
 def dur(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return f"{seconds:.0f}s" if seconds < 60 else f"{int(seconds // 60)}m {seconds % 60:02.0f}s"
+    whole = round(seconds)  # rounded once: 299.6 s is 5m 00s, not 4m 60s
+    return f"{whole}s" if whole < 60 else f"{whole // 60}m {whole % 60:02d}s"
 
 
 def settings(run: dict[str, Any]) -> str:
@@ -61,7 +62,7 @@ def settings(run: dict[str, Any]) -> str:
         text += f", max_steps {run['max_steps']}"
     schedule = run.get("schedule")
     if isinstance(schedule, dict) and schedule.get("reason"):
-        text += f" (auto: {schedule['reason']})"
+        text += f" (schedule: {schedule['reason']})"  # says why only where a value was left to auto
     return text.replace("|", "/")
 
 
