@@ -224,3 +224,16 @@ def test_a_damaged_smolora_json_gives_no_diagnosis(tmp_path, bad):
     (tmp_path / "config.yaml").write_text("{}\n")
     (tmp_path / "adapter" / "smolora.json").write_text(bad)
     assert stored_diagnosis(tmp_path) == {"diagnosis": None, "best": None}
+
+
+def test_a_tiny_loss_still_falling_or_a_plateaued_validation_is_not_under_trained():
+    # the quickstart with its schedule left to auto: 0.000745 -> 0.000600 is a 20% drop of nothing
+    assert diagnose(train_rows([0.001 - 0.00001 * i for i in range(40)]), SETTINGS) == []
+    # the train loss still falls, but the validation loss stopped improving at step 20: more steps
+    # would not have helped (and early stopping said so)
+    rows = train_rows([3.0 - 0.05 * i for i in range(30)])
+    rows += [{"step": s, "eval_loss": v} for s, v in [(10, 1.0), (20, 0.9), (30, 0.91)]]
+    assert "under-trained" not in kinds(diagnose(rows, SETTINGS))
+    # ... while one still improving at the last evaluation leaves it under-trained
+    rows[-1] = {"step": 30, "eval_loss": 0.8}
+    assert kinds(diagnose(rows, SETTINGS)) == ["under-trained"]

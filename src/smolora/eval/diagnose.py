@@ -103,7 +103,11 @@ def diagnose(rows: list[dict], settings: dict) -> list[dict]:
     flat = _not_learning(losses, settings)
     if flat:
         findings.append(flat)
-    elif not overfit and (under := _under_trained(losses, settings)):
+    elif (
+        not overfit
+        and not _plateaued(_by_step(rows, "eval_loss"))
+        and (under := _under_trained(losses, settings))
+    ):
         findings.append(under)
     if overfit:
         findings.append(overfit)
@@ -132,11 +136,20 @@ def _not_learning(losses: list[tuple[int, float]], settings: dict) -> dict | Non
     return {"kind": "not-learning", "message": message, "setting": "train.lr"}
 
 
+def _plateaued(evals: list[tuple[int, float]]) -> bool:
+    """The validation loss stopped improving before the end: more steps would not have helped."""
+    if len(evals) < 2:
+        return False
+    best = min(evals, key=lambda e: (e[1], e[0]))
+    return best[0] < evals[-1][0]
+
+
 def _under_trained(losses: list[tuple[int, float]], settings: dict) -> dict | None:
     k = max(2, round(len(losses) * TAIL))
     before, last = losses[-2 * k : -k], losses[-k:]
     a, b = _mean([v for _, v in before]), _mean([v for _, v in last])
-    if a - b <= STEEP_DROP * a:
+    # A train loss near zero is learnt (0.0007 -> 0.0006 is a 20% drop of nothing).
+    if b < LOW_LOSS or a - b <= STEEP_DROP * a:
         return None
     length = _length(settings)
     message = (
