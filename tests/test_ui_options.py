@@ -65,4 +65,5 @@ def test_export_quant_and_out(ui_client, ui_ws):
     command = job.json()["command"]
     ui_client.post(f"/api/jobs/{job.json()['id']}/stop")
     assert "--quant q8_0" in command and "--out exports/q8" in command, command
-    assert wait(ui_client, f"/api/jobs/{job.json()['id']}")["state"] in ("stopped", "failed")
+    # a tiny export may finish before the stop reaches it: any end will do, a hang will not
+    assert wait(ui_client, f"/api/jobs/{job.json()['id']}")["state"] in ("stopped", "failed", "finished")
