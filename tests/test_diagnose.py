@@ -237,3 +237,11 @@ def test_a_tiny_loss_still_falling_or_a_plateaued_validation_is_not_under_traine
     # ... while one still improving at the last evaluation leaves it under-trained
     rows[-1] = {"step": 30, "eval_loss": 0.8}
     assert kinds(diagnose(rows, SETTINGS)) == ["under-trained"]
+
+
+def test_the_report_summary_names_an_unresolved_auto_schedule(tmp_path):
+    from smolora.config import load_config
+    from smolora.eval.report import config_summary
+
+    rows = dict(config_summary(load_config(None, ["data.path=d.jsonl"]), tmp_path))
+    assert any("auto epoch(s), lr auto" in v for v in rows.values()), rows

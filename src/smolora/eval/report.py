@@ -117,7 +117,9 @@ def config_summary(cfg: RunConfig, run_dir: Path) -> list[tuple[str, str]]:
     method = (
         lora.method if lora.method in ("full", "freeze") else f"{lora.method} r={lora.r} alpha={lora.alpha}"
     )
-    steps = f"max_steps {cfg.train.max_steps}" if cfg.train.max_steps else f"{cfg.train.epochs:g} epoch(s)"
+    # A trained run's config.yaml holds numbers; "auto" only where the schedule was never resolved.
+    epochs, lr = (v if isinstance(v, str) else f"{v:g}" for v in (cfg.train.epochs, cfg.train.lr))
+    steps = f"max_steps {cfg.train.max_steps}" if cfg.train.max_steps else f"{epochs} epoch(s)"
     rows = [
         ("run", str(run_dir)),
         (
@@ -127,7 +129,7 @@ def config_summary(cfg: RunConfig, run_dir: Path) -> list[tuple[str, str]]:
         ("method", method),
         (
             "training",
-            f"{steps}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}",
+            f"{steps}, lr {lr}, batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}",
         ),
         (
             "data",
