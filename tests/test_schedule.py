@@ -67,6 +67,7 @@ def test_explicit_values_win_and_are_not_explained():
     assert ":" not in choice["reason"]  # nothing was chosen, so no why
     capped = auto_schedule(cfg_with("train.max_steps=60"), 360, SMOL)
     assert capped["steps"] == 60 and capped["eval_every"] == 7 and "max_steps 60" in capped["reason"]
+    assert "at most" not in capped["reason"]  # the epochs max_steps overrides are not explained
     never = auto_schedule(cfg_with("train.eval_every=null"), 360, SMOL)
     assert never["eval_every"] is None
 

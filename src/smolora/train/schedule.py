@@ -94,7 +94,8 @@ def auto_schedule(cfg: RunConfig, n_train: int, n_params: int, world: int = 1) -
     epochs, lr = t.epochs, t.lr
     if epochs == "auto":
         epochs, why = auto_epochs(cfg, steps_per_epoch, n_train)
-        reasons.append(why)
+        if not t.max_steps:  # max_steps sets the length: the epochs chosen are never used
+            reasons.append(why)
     if lr == "auto":
         lr, why = auto_lr(cfg, n_params)
         reasons.append(why)
