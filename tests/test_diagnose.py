@@ -245,3 +245,10 @@ def test_the_report_summary_names_an_unresolved_auto_schedule(tmp_path):
 
     rows = dict(config_summary(load_config(None, ["data.path=d.jsonl"]), tmp_path))
     assert any("auto epoch(s), lr auto" in v for v in rows.values()), rows
+
+
+def test_a_chatty_base_that_contained_more_answers_is_forgetting_on_contains():
+    base, tuned = {"exact_match": 0.0, "contains": 14.0}, {"exact_match": 6.0, "contains": 8.0}
+    assert forgetting(base, tuned, "exact_match") is None
+    f = forgetting(base, tuned, "contains")
+    assert f["kind"] == "forgetting" and "contains 8.0 below the base model's 14.0" in f["message"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smolora.eval.metrics import METRICS, bleu, chrf, exact_match, rouge1, rouge2, rougeL
+from smolora.eval.metrics import METRICS, bleu, chrf, contains, exact_match, rouge1, rouge2, rougeL
 
 
 def test_exact_match_normalizes_case_and_whitespace():
@@ -44,8 +44,16 @@ def test_chrf_by_hand():
 
 
 def test_metrics_is_a_plain_dict_of_functions_on_one_scale():
-    assert list(METRICS) == ["exact_match", "rouge1", "rouge2", "rougeL", "bleu", "chrf"]
+    assert list(METRICS) == ["exact_match", "contains", "rouge1", "rouge2", "rougeL", "bleu", "chrf"]
     for name, fn in METRICS.items():
         assert callable(fn)
         assert fn(["same answer"], ["same answer"]) == pytest.approx(100.0), name
         assert fn(["zzz"], ["other words"]) == pytest.approx(0.0, abs=1e-9), name
+
+
+def test_contains_credits_an_answer_inside_a_sentence():
+    preds = ["The capital of France is Paris, a big city.", "paris", "Lyon"]
+    refs = ["Paris", "Paris", "Paris"]
+    assert contains(preds, refs) == pytest.approx(200 / 3)
+    assert exact_match(preds, refs) == pytest.approx(100 / 3)
+    assert contains([], []) == 0.0

@@ -277,15 +277,15 @@ def eval_diagnosis(run_dir: Path, cfg: Any, metrics: dict[str, Any]) -> dict[str
     """For eval/metrics.json: training's findings plus forgetting, and the best checkpoint.
 
     Training's findings come from adapter/smolora.json; a run trained before they were stored
-    is diagnosed here from its metrics.jsonl and config. Forgetting is checked on exact_match and
-    on the metric that picked the best checkpoint when that is a generation metric.
+    is diagnosed here from its metrics.jsonl and config. Forgetting is checked on exact_match,
+    contains and on the metric that picked the best checkpoint when that is a generation metric.
     """
     found = _from_meta(run_dir)
     training, best = found["diagnosis"], found["best"]
     if training is None:
         settings = {**settings_of(cfg), "best_step": best["step"] if best else None}
         training = diagnose(read_jsonl(run_dir / METRICS_FILE), settings)
-    checked = ["exact_match"]
+    checked = ["exact_match", "contains"]  # contains: what a chatty base knew and a terse tune lost
     picked = str((best or {}).get("metric") or "").removeprefix("eval_")
     if picked in METRICS and picked not in checked:
         checked.append(picked)

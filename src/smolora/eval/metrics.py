@@ -29,6 +29,19 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     return 100.0 * hits / len(references)
 
 
+def contains(predictions: list[str], references: list[str]) -> float:
+    """Percent of predictions that contain their reference (after `normalize`).
+
+    Fair to a model that answers in a sentence: a base model's "The capital is Paris, a city
+    of ..." has the fact that exact match scores 0. A fine-tune that makes answers short but
+    wrong more often shows up here as forgetting (eval/diagnose.py).
+    """
+    if not references:
+        return 0.0
+    hits = sum(normalize(r) in normalize(p) for p, r in zip(predictions, references, strict=True))
+    return 100.0 * hits / len(references)
+
+
 @cache
 def _rouge_scorer():
     # Built once: the scorer compiles its tokenizer and is reused for every call.
@@ -86,6 +99,7 @@ def chrf(predictions: list[str], references: list[str]) -> float:
 
 METRICS: dict[str, Callable[[list[str], list[str]], float]] = {
     "exact_match": exact_match,
+    "contains": contains,
     "rouge1": rouge1,
     "rouge2": rouge2,
     "rougeL": rougeL,
