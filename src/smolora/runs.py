@@ -301,7 +301,8 @@ def run_summary(run: Path) -> dict[str, Any]:
     losses = [r for r in rows if r.get("loss") is not None]
     evals = [r for r in rows if r.get("eval_loss") is not None]
     done = (run / ADAPTER_DIR / ADAPTER_META).exists()
-    best = _kept_step(run) if done else None
+    kept_step = (run_outcome(run)["best"] or {}).get("step") if done else None
+    best = kept_step if isinstance(kept_step, int) else None
     # The adapter holds the best checkpoint (train/best.py): its validation loss, not the last one.
     kept = [r for r in evals if r["step"] == best] if best is not None else []
     status = "done" if done else "unfinished" if (run / CHECKPOINTS_DIR).exists() else "not started"
@@ -320,13 +321,21 @@ def run_summary(run: Path) -> dict[str, Any]:
     }
 
 
-def _kept_step(run: Path) -> int | None:
-    """The step whose weights the adapter holds, when training recorded it (smolora.json `best`)."""
+def run_outcome(run: Path) -> dict[str, Any]:
+    """Training's {"best", "diagnosis"} from adapter/smolora.json; None each where absent.
+
+    None, not a default: a run trained before they were recorded must not look diagnosed and
+    healthy. A damaged smolora.json gives None too (the views that list runs go on; loading says why).
+    """
+    adapter = find_adapter_dir(run)
     try:
-        best = json.loads((run / ADAPTER_DIR / ADAPTER_META).read_text()).get("best")
-        return int(best["step"]) if isinstance(best, dict) else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None  # an older or damaged smolora.json: the last evaluation stands
+        meta = read_meta(adapter) if adapter is not None else None
+    except (OSError, ValueError, TypeError, SmoLoRAError):
+        meta = None
+    return {
+        "best": meta.best if meta and isinstance(meta.best, dict) else None,
+        "diagnosis": meta.diagnosis if meta and isinstance(meta.diagnosis, list) else None,
+    }
 
 
 def list_runs(root: str | Path = "runs") -> list[dict[str, Any]]:

@@ -19,14 +19,13 @@ Run as:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from smolora.eval.metrics import LOWER_IS_BETTER, METRICS
-from smolora.runs import ADAPTER_META, EVAL_DIR, EVAL_METRICS, METRICS_FILE, find_adapter_dir, read_jsonl
+from smolora.runs import METRICS_FILE, read_eval, read_jsonl, run_outcome
 
 log = logging.getLogger("smolora")
 
@@ -241,36 +240,20 @@ def settings_of(cfg: Any) -> dict:
     }
 
 
-def _from_meta(run_dir: Path) -> dict[str, Any]:
-    """Training's {"diagnosis", "best"} from adapter/smolora.json (None each where absent).
-
-    Read as stored, not through AdapterMeta: its defaults (an empty diagnosis) would make a run
-    trained before diagnoses were stored look diagnosed and healthy.
-    """
-    adapter = find_adapter_dir(run_dir)
-    raw = _read_json(adapter / ADAPTER_META) if adapter is not None else None
-    raw = raw if isinstance(raw, dict) else {}  # a damaged smolora.json: other views say so
-    return {
-        "diagnosis": raw.get("diagnosis") if isinstance(raw.get("diagnosis"), list) else None,
-        "best": raw.get("best") if isinstance(raw.get("best"), dict) else None,
-    }
+def diagnose_run(run_dir: Path, cfg: Any, best: dict | None) -> list[dict]:
+    """diagnose() on a run's metrics.jsonl with its config's settings (and the kept step)."""
+    settings = {**settings_of(cfg), "best_step": best["step"] if best else None}
+    return diagnose(read_jsonl(run_dir / METRICS_FILE), settings)
 
 
 def stored_diagnosis(run_dir: Path) -> dict[str, Any]:
     """{"diagnosis": list | None, "best": dict | None} as stored: eval/metrics.json's list (it
     holds forgetting too) once `smolora eval` ran, else training's in adapter/smolora.json."""
-    found = _from_meta(run_dir)
-    evaluated = _read_json(run_dir / EVAL_DIR / EVAL_METRICS)
+    found = run_outcome(run_dir)
+    evaluated = read_eval(run_dir)
     if isinstance(evaluated, dict) and isinstance(evaluated.get("diagnosis"), list):
         found["diagnosis"] = evaluated["diagnosis"]
     return found
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
 
 
 def eval_diagnosis(run_dir: Path, cfg: Any, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -280,11 +263,10 @@ def eval_diagnosis(run_dir: Path, cfg: Any, metrics: dict[str, Any]) -> dict[str
     is diagnosed here from its metrics.jsonl and config. Forgetting is checked on exact_match,
     contains and on the metric that picked the best checkpoint when that is a generation metric.
     """
-    found = _from_meta(run_dir)
+    found = run_outcome(run_dir)
     training, best = found["diagnosis"], found["best"]
     if training is None:
-        settings = {**settings_of(cfg), "best_step": best["step"] if best else None}
-        training = diagnose(read_jsonl(run_dir / METRICS_FILE), settings)
+        training = diagnose_run(run_dir, cfg, best)
     checked = ["exact_match", "contains"]  # contains: what a chatty base knew and a terse tune lost
     picked = str((best or {}).get("metric") or "").removeprefix("eval_")
     if picked in METRICS and picked not in checked:

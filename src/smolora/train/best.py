@@ -31,7 +31,7 @@ import torch
 from transformers import TrainerCallback
 
 from smolora.config import RunConfig
-from smolora.eval.metrics import METRICS
+from smolora.eval.metrics import LOWER_IS_BETTER, METRICS
 from smolora.runs import CHECKPOINTS_DIR
 
 log = logging.getLogger("smolora")
@@ -47,10 +47,6 @@ def selection_metric(cfg: RunConfig) -> str:
     if cfg.data.task == "memorize":
         return "eval_recall"
     return "eval_loss" if cfg.eval.select == "loss" else f"eval_{cfg.eval.select}"
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric == "eval_loss"
 
 
 class BestCheckpoint(TrainerCallback):
@@ -76,7 +72,7 @@ class BestCheckpoint(TrainerCallback):
         rows = self._rows(state)
         if not rows:
             return None
-        sign = 1.0 if lower_is_better(self.metric) else -1.0
+        sign = 1.0 if self.metric in LOWER_IS_BETTER else -1.0
         # Equal scores (exact match moves in whole rows) are told apart by the loss, then by fewer steps.
         step, value, _ = min(rows, key=lambda r: (sign * r[1], r[2], r[0]))
         return step, value
@@ -212,7 +208,7 @@ def evaluation(cfg: RunConfig, data, tokenizer) -> tuple[Any, GenerationScorer |
     return eval_set, scorer, best
 
 
-def keep_best(trainer, best: BestCheckpoint | None, run_dir: Path, state) -> dict | None:
+def keep_best(trainer, best: BestCheckpoint | None, run_dir: Path) -> dict | None:
     """Load the best checkpoint's weights into the model when a later step was worse; what won and why."""
     summary = best.summary(trainer.state) if best is not None else None
     if summary is None:

@@ -25,7 +25,7 @@ from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
 from smolora.data.collate import Collator
 from smolora.errors import TrainingError
-from smolora.eval.diagnose import diagnose, diagnosis_lines, settings_of
+from smolora.eval.diagnose import diagnose_run, diagnosis_lines
 from smolora.eval.evaluate import SampleGenerations
 from smolora.logs import setup_logging
 from smolora.model.adapters import METHODS, trainable_summary
@@ -36,12 +36,10 @@ from smolora.runs import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
     CONFIG_FILE,
-    METRICS_FILE,
     is_adapter_dir,
     mark_run,
     previous_dir,
     publish_run,
-    read_jsonl,
     remove_run,
     require_marked,
     staged_runs,
@@ -214,8 +212,7 @@ def add_method(model, cfg: RunConfig, unsloth: bool):
 
 def diagnosis(cfg: RunConfig, run_dir: Path, best: dict | None) -> list[dict]:
     """What the loss curves say about the schedule (eval/diagnose.py), into the log and smolora.json."""
-    settings = {**settings_of(cfg), "best_step": best["step"] if best else None}
-    findings = diagnose(read_jsonl(run_dir / METRICS_FILE), settings)
+    findings = diagnose_run(run_dir, cfg, best)
     for line in diagnosis_lines(findings):
         (log.warning if findings else log.info)("diagnosis: %s", line)
     return findings
@@ -347,7 +344,7 @@ def train(
     )
     if eval_set is not None and not evaluated_last:  # eval_every may have just landed on the last step
         trainer.evaluate()
-    outcome = {"schedule": schedule, "best": keep_best(trainer, best, run_dir, state)}
+    outcome = {"schedule": schedule, "best": keep_best(trainer, best, run_dir)}
     outcome["diagnosis"] = on_main(state, lambda: diagnosis(cfg, run_dir, outcome["best"]))
 
     # 6. the result (FSDP / ZeRO-3: gather the shards on every rank, write on rank 0, then check it)
