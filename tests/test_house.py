@@ -18,7 +18,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "smolora"
 
 LAYERS = [
-    {"errors", "redact", "logs", "durable", "config_problems", "config_read", "config", "runs"},
+    {
+        "errors",
+        "redact",
+        "logs",
+        "durable",
+        "config_problems",
+        "config_read",
+        "config_objective",
+        "config",
+        "runs",
+    },
     {"data", "model", "generate"},
     {"train", "eval", "export", "bench", "doctor"},
     {"api"},

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from smolora.config_objective import ObjectiveFields
 from smolora.config_problems import problems_message, validation_problems
 from smolora.config_read import plain, read_file
 from smolora.errors import ConfigError, excerpt
@@ -59,6 +60,11 @@ class ModelSection(Section):
     )
     drop_layers: list[int] = Field(default_factory=list, description="Decoder layers removed before LoRA.")
     keep_layers: int | None = Field(None, ge=1, description="Keep only the first N decoder layers.")
+    adapter: str | None = Field(
+        None,
+        description="Continue this run's adapter (a run directory or its adapter/), e.g. a DPO run "
+        "starting from an SFT run; its base model and layer surgery must match this config's.",
+    )
 
     @model_validator(mode="after")
     def _one_quantization(self) -> ModelSection:
@@ -141,7 +147,7 @@ class LoraSection(Section):
         return v
 
 
-class TrainSection(Section):
+class TrainSection(ObjectiveFields, Section):
     epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="auto: picked from the data size (train/schedule.py); the log says why."
     )
@@ -259,6 +265,13 @@ class RunConfig(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> RunConfig:
+        if self.train.objective != "sft" and (self.data.streaming or self.data.task != "sft"):
+            what = "data.streaming" if self.data.streaming else f"data.task={self.data.task}"
+            raise ValueError(f"train.objective={self.train.objective} works on data read whole: unset {what}")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -28,6 +28,7 @@ from smolora.config import RunConfig
 from smolora.data.arrow import encode_to_arrow
 from smolora.data.encode import PreparedData, load_examples
 from smolora.data.files import expand_paths, open_data
+from smolora.data.preference import encode_preference, load_preference
 from smolora.data.read import is_hub_name
 from smolora.data.render import ensure_chat_template
 from smolora.data.stream import prepare_stream
@@ -151,6 +152,8 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
         )
     ensure_chat_template(tokenizer)  # before fingerprinting: the template is part of the identity
     fp = fingerprint(cfg, tokenizer)
+    if cfg.train.objective != "sft":  # pairs, labelled rows or prompts (preference.py); not cached
+        return prepare_preference(cfg, tokenizer, fp, t0)
     cache = smolora_home() / "data" / fp
     cached = _load_cache(cache)
     if cached is not None:
@@ -205,3 +208,39 @@ def _build_dir(cache: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=".build-", dir=cache.parent))
     except OSError:
         return Path(tempfile.mkdtemp(prefix="smolora-build-"))
+
+
+def prepare_preference(cfg: RunConfig, tokenizer, fp: str, t0: float) -> PreparedData:
+    """The preference / reward objectives' rows (data/preference.py), split like SFT data."""
+    d, objective = cfg.data, cfg.train.objective
+    examples, shape, mapping = load_preference(d.path, d, objective)
+    if d.val_path:
+        train_ex, val_ex = examples, load_preference(d.val_path, d, objective)[0]
+    else:
+        train_ex, val_ex = split_examples(examples, d.val_ratio, cfg.train.seed)
+    train_rows, info = encode_preference(train_ex, shape, tokenizer, d)
+    val_rows, val_info = (
+        encode_preference(val_ex, shape, tokenizer, d)
+        if val_ex
+        else ([], {"lengths": [], "zero_label_rows": 0})
+    )
+    if not train_rows:
+        raise DatasetError(
+            f"all {len(train_ex)} {shape} rows lose their answer to truncation at data.max_length={d.max_length}; "
+            "raise data.max_length"
+        )
+    tokens = length_stats(info["lengths"] + val_info["lengths"])
+    stats = {
+        "format": shape,
+        "mapping": mapping,
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+        **{f"tokens_{k}": v for k, v in tokens.items()},
+        "max_length": d.max_length,
+        "zero_label_rows": info["zero_label_rows"] + val_info["zero_label_rows"],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "cached": False,
+    }
+    train = datasets.Dataset.from_list(train_rows)
+    val = datasets.Dataset.from_list(val_rows) if val_rows else None
+    return PreparedData(train=train, val=val, stats=stats, fingerprint=fp, format=shape, mapping=mapping)

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from torch import nn
 
-from smolora.config import LoraSection
+from smolora.config import LoraSection, ModelSection
 from smolora.errors import ConfigError
 from smolora.model.surgery import decoder_layers
+from smolora.runs import AdapterMeta, find_adapter_dir, read_meta
 
 # PiSSA and OLoRA rewrite the base weights at init; the starting adapter is kept here so the
 # final save can turn the trained adapter into a plain LoRA that fits the untouched base.
@@ -166,3 +167,35 @@ def trainable_summary(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def start_adapter(cfg: ModelSection) -> tuple[Path, AdapterMeta]:
+    """The adapter `model.adapter` names, checked against this config's base before any model loads."""
+    adapter_dir = find_adapter_dir(cfg.adapter) if cfg.adapter else None
+    if adapter_dir is None:
+        raise ConfigError(
+            f"model.adapter: {cfg.adapter} is not a finished run or adapter directory (no adapter/smolora.json)"
+        )
+    meta = read_meta(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise ConfigError(
+            f"model.adapter: {adapter_dir} holds a whole model ({meta.method} fine-tuning), not an adapter; "
+            f"start from it with model.name={adapter_dir}"
+        )
+    ours = (cfg.name, list(cfg.drop_layers), cfg.keep_layers)
+    theirs = (meta.base_model, list(meta.drop_layers), meta.keep_layers)
+    if ours != theirs:
+        raise ConfigError(
+            f"model.adapter: {adapter_dir} was trained on {meta.base_model} (drop_layers {meta.drop_layers}, "
+            f"keep_layers {meta.keep_layers}), this config has {cfg.name} (drop_layers {cfg.drop_layers}, "
+            f"keep_layers {cfg.keep_layers}); set model.name={meta.base_model} and the same layers"
+        )
+    return adapter_dir, meta
+
+
+def continue_adapter(model: nn.Module, cfg: ModelSection) -> nn.Module:
+    """The base with `model.adapter`'s trained adapter loaded, its weights trainable."""
+    from peft import PeftModel
+
+    adapter_dir, _ = start_adapter(cfg)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)

@@ -133,3 +133,125 @@ def chunked_lm_loss(
         return hidden.sum() * 0.0, 0
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     return head_cross_entropy(selected, head, targets[keep], chunk, softcap), n
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """log softmax(h_i W^T + b)[y_i] per row i, for the preference objectives' sequence log-probabilities.
+
+    Their loss weighs each row's log-probability differently, so unlike _HeadCrossEntropy the
+    gradient needs the incoming per-row weights. With the head frozen (every adapter) the
+    per-row gradient of h is computed in forward, chunk by chunk, and only scaled in backward;
+    with a trainable head (full fine-tuning) backward recomputes each chunk's logits instead.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk: int, softcap: float | None):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        early = need_h and not (need_w or need_b)
+        grad_h = torch.empty_like(hidden) if early else None
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h, y = hidden[start : start + chunk], targets[start : start + chunk]
+            logits, capped = _logits(h, weight, bias, softcap, acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            out[start : start + chunk] = logits.gather(1, y[:, None]).squeeze(1) - lse
+            if early:
+                grad_h[start : start + chunk] = (
+                    _dlogp_dlogits(logits, lse, y, capped, acc).to(hidden.dtype) @ weight
+                )
+        ctx.early, ctx.chunk, ctx.softcap = early, chunk, softcap
+        ctx.save_for_backward(grad_h if early else hidden, weight, bias, targets)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved, weight, bias, targets = ctx.saved_tensors
+        if ctx.early:
+            return saved * grad_out[:, None].to(saved.dtype), None, None, None, None, None
+        hidden, acc = saved, torch.promote_types(saved.dtype, torch.float32)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=acc) if need_b and bias is not None else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            h, y = hidden[start : start + ctx.chunk], targets[start : start + ctx.chunk]
+            logits, capped = _logits(h, weight, bias, ctx.softcap, acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            grad = _dlogp_dlogits(logits, lse, y, capped, acc) * grad_out[start : start + ctx.chunk, None]
+            grad = grad.to(hidden.dtype)
+            if need_h:
+                grad_h[start : start + ctx.chunk] = grad @ weight
+            if grad_w is not None:
+                grad_w += (grad.t() @ h).to(acc)
+            if grad_b is not None:
+                grad_b += grad.sum(0).to(acc)
+
+        def cast(g):
+            return g.to(weight.dtype) if g is not None else None
+
+        return grad_h, cast(grad_w), cast(grad_b), None, None, None
+
+
+def _logits(h, weight, bias, softcap, acc):
+    logits = F.linear(h, weight, bias)
+    capped = None
+    if softcap:
+        capped = torch.tanh(logits / softcap)
+        logits = capped * softcap
+    return logits.to(acc), capped
+
+
+def _dlogp_dlogits(logits, lse, y, capped, acc):
+    """d log p(y) / d logits = one_hot(y) - softmax, built in the logits buffer (the chunk's last use)."""
+    grad = logits.sub_(lse[:, None]).exp_().neg_()
+    grad[torch.arange(len(y), device=y.device), y] += 1.0
+    if capped is not None:
+        grad *= 1.0 - capped.to(acc) ** 2
+    return grad
+
+
+def token_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk: int = 1024,
+    plain: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each labelled token, the row it belongs to): labelled positions only, in order.
+
+    The preference objectives sum these per row (`sequence_logps`); GRPO weighs them per token.
+    """
+    targets = labels[:, 1:]
+    keep = targets != -100
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[keep]
+    parts = None if plain else split_lm(model)
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, targets.clamp(min=0)[..., None]).squeeze(2)
+        return logp[keep], rows
+    decoder, head = parts
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    selected = hidden[:, :-1][keep]
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    logp = _HeadLogProb.apply(selected, head.weight, head.bias, targets[keep], chunk, softcap)
+    return logp, rows
+
+
+def sequence_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk: int = 1024,
+    plain: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probability of each row's labelled tokens, their count), one value per row."""
+    logp, rows = token_logps(model, input_ids, attention_mask, labels, chunk, plain)
+    n = labels.shape[0]
+    total = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+    count = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, rows, torch.ones_like(logp))
+    return total, count

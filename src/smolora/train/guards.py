@@ -57,18 +57,21 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class UpdateRecorder(TrainerCallback):
-    """Whether any optimizer step ran with a non-zero learning rate.
+    """Whether any optimizer step ran with a non-zero learning rate and a non-zero gradient.
 
     Only then must some lora_B be non-zero in the saved adapter: with warmup, step 1's learning
-    rate is 0, so a one-step smoke run legitimately saves lora_B == 0.
+    rate is 0, so a one-step smoke run legitimately saves lora_B == 0; so does a GRPO run whose
+    rewards never differed within a group (every advantage 0, every gradient 0).
     """
 
     def __init__(self) -> None:
         self.moved = False
 
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
-        if optimizer is not None and any(g.get("lr", 0) > 0 for g in optimizer.param_groups):
-            self.moved = True
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, model=None, **kw):
+        if self.moved or optimizer is None or not any(g.get("lr", 0) > 0 for g in optimizer.param_groups):
+            return
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.moved = any(p.grad is not None and bool(p.grad.any()) for p in params)
 
 
 def check_loss(loss: torch.Tensor, step: int, run_dir: Path, lr: float) -> None:

@@ -25,6 +25,9 @@ log = logging.getLogger("smolora")
 TIMINGS = ("_runtime", "_samples_per_second", "_steps_per_second")  # Trainer's own eval clock, not a score
 
 
+TRAINER_KEYS = {"loss", "grad_norm", "learning_rate", "epoch", "num_tokens"}
+
+
 class RunLogger(TrainerCallback):
     """Appends one JSON line per log event to metrics.jsonl and drives the progress bar.
 
@@ -87,10 +90,13 @@ class RunLogger(TrainerCallback):
                 tokens_per_s=round(self.tokens_per_s, 2),
                 tokens=tokens,
             )
-        for key, value in logs.items():  # eval_loss and the generation metrics (train/best.py)
+        for key, value in logs.items():  # eval_loss, the generation metrics (train/best.py) and the
+            # preference / reward objectives' own (reward_margin, reward, kl: train/trainer.py)
             if key in ("train_loss", "train_runtime") or (
                 key.startswith("eval_") and not key.endswith(TIMINGS)
             ):
+                row[key] = _num(value)
+            elif "loss" in logs and key not in TRAINER_KEYS and isinstance(value, (int, float)):
                 row[key] = _num(value)
         if len(row) > 2:
             with open(self.path, "a", encoding="utf-8") as f:

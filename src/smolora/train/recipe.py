@@ -23,12 +23,11 @@ from transformers import PrinterCallback, ProgressCallback, TrainingArguments, s
 
 from smolora.config import RunConfig, save_config
 from smolora.data import prepare_data
-from smolora.data.collate import Collator
 from smolora.errors import TrainingError
 from smolora.eval.diagnose import diagnose_run, diagnosis_lines
 from smolora.eval.evaluate import SampleGenerations
 from smolora.logs import setup_logging
-from smolora.model.adapters import METHODS, trainable_summary
+from smolora.model.adapters import METHODS, continue_adapter, start_adapter, trainable_summary
 from smolora.model.load import load_base, physical_cores, pick_device
 from smolora.model.store import resolve_model
 from smolora.model.unsloth import load_unsloth
@@ -56,8 +55,10 @@ from smolora.train.distributed import (
     on_main,
 )
 from smolora.train.guards import NonFiniteGuard, UpdateRecorder, is_oom, smaller_batch
+from smolora.train.preference import REFERENCE, collator, reference_logps
 from smolora.train.progress import RunLogger, tracking_env
 from smolora.train.result import save_adapter
+from smolora.train.rewards import load_rewards
 from smolora.train.schedule import StepClock, resolve_schedule
 from smolora.train.speed import apply_fast_path, fast_path
 from smolora.train.stopping import StopOnSignal
@@ -192,8 +193,12 @@ def start_logging(cfg: RunConfig, run_dir: Path, state) -> None:
 
 
 def add_method(model, cfg: RunConfig, unsloth: bool):
-    """The fine-tuning method (LoRA and relatives, full, freeze) and gradient checkpointing."""
-    if not unsloth:  # Unsloth added its LoRA while loading
+    """The fine-tuning method (LoRA and relatives, full, freeze), or the adapter a run continues,
+    and gradient checkpointing."""
+    if cfg.model.adapter:
+        model = continue_adapter(model, cfg.model)
+        log.info("continuing the adapter of %s", cfg.model.adapter)
+    elif not unsloth:  # Unsloth added its LoRA while loading
         model = METHODS[cfg.lora.method](model, cfg.lora)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -236,6 +241,10 @@ def train(
     alone writes the run directory, its logs and the adapter (see distributed.py).
     """
     device = pick_device(cfg.model.device)
+    rewards = load_rewards(cfg.train.rewards) if cfg.train.objective == "grpo" else []  # fail before loading
+    if cfg.model.adapter:  # the run it continues: its method is this run's
+        _, start = start_adapter(cfg.model)
+        cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"method": start.method})})
     state = dist_state(device)  # one process: a no-op; launched: joins the process group
     run_dir = on_main(state, lambda: prepare_run_dir(cfg, resume))
     start_logging(cfg, run_dir, state)
@@ -273,7 +282,11 @@ def train(
 
     # 4. the trainer
     plan = fast_path(cfg, device)  # chosen per device: batching, bf16, dropout, compile, kernels
+    if cfg.train.objective != "sft" and plan["batching"] == "packed":
+        plan["batching"] = "bucketed"  # chosen and rejected are compared row by row: no packing
     model = apply_fast_path(model, plan)
+    if cfg.train.objective in REFERENCE:  # the starting policy's log-probabilities, once, before training
+        data = reference_logps(model, data, cfg, tokenizer.pad_token_id)
     log.info("fast path: %s", ", ".join(f"{k}={v}" for k, v in plan.items() if v is not None))
     counter = {"tokens": 0}
     for callback in callbacks or []:  # e.g. `smolora bench`'s step clock (callback.counter: real tokens)
@@ -291,7 +304,7 @@ def train(
             args=training_arguments(cfg, run_dir, plan, eval_set is not None),
             train_dataset=data.train,
             eval_dataset=eval_set,
-            data_collator=Collator(tokenizer.pad_token_id, packed=plan["batching"] == "packed"),
+            data_collator=collator(cfg, tokenizer.pad_token_id, plan),
             processing_class=tokenizer,
             optimizers=(loraplus_optimizer(model, cfg), None),
             loss_chunk=cfg.train.loss_chunk,
@@ -301,6 +314,8 @@ def train(
             lr=cfg.train.lr,
             scorer=scorer,
             best=best,
+            objective=cfg.train,
+            rewards=rewards,
         )
         # a few held-out answers every N steps, into generations.jsonl
         samples = [SampleGenerations(cfg, run_dir, tokenizer)] if cfg.eval.generate_every else []

@@ -47,12 +47,18 @@ MEMORIZE_MIN_STEPS = 400
 MEMORIZE_LR_FACTOR = 2.0  # new facts need the weights moved further than a new format does
 EVALS_PER_RUN = 8  # eval cadence: about this many evaluations over the schedule
 MEMORIZE_CHECKS_EVERY = 2  # epochs between recall checks when memorizing
+# Preference and reward objectives move a policy that already answers well: a gentler step than
+# SFT's (DPO with LoRA is commonly run at 5e-6..1e-4, ORPO, which also does SFT, a little higher).
+OBJECTIVE_LR_FACTOR = {"dpo": 0.1, "kto": 0.1, "simpo": 0.1, "orpo": 0.2, "grpo": 0.1}
 CLOCK_STEPS = 5  # steps measured before the time estimate is logged
 
 
 def auto_lr(cfg: RunConfig, n_params: int) -> tuple[float, str]:
     """The learning rate for this method, model size and task, and why, in a few words."""
     lr, why = method_lr(cfg, n_params)
+    if cfg.train.objective != "sft":
+        factor = OBJECTIVE_LR_FACTOR[cfg.train.objective]
+        return lr * factor, f"{why}, x{factor:g} for {cfg.train.objective}"
     if cfg.data.task == "memorize":
         return lr * MEMORIZE_LR_FACTOR, f"{why}, x{MEMORIZE_LR_FACTOR:g} to memorize"
     return lr, why
@@ -75,6 +81,8 @@ def method_lr(cfg: RunConfig, n_params: int) -> tuple[float, str]:
 
 
 def auto_epochs(cfg: RunConfig, steps_per_epoch: int, n_train: int) -> tuple[float, str]:
+    if cfg.train.objective == "grpo":  # every step samples new answers: one pass over the prompts
+        return 1, "grpo: one pass over the prompts, answers sampled anew at every step"
     if cfg.data.task == "memorize":
         epochs = min(
             MEMORIZE_MAX_EPOCHS, max(MEMORIZE_MIN_EPOCHS, math.ceil(MEMORIZE_MIN_STEPS / steps_per_epoch))

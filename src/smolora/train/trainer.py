@@ -22,13 +22,15 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from smolora.config import RunConfig
+from smolora.config import RunConfig, TrainSection
 from smolora.data.collate import BucketSampler
 from smolora.model.loss import chunked_lm_loss
 from smolora.runs import CHECKPOINTS_DIR
 from smolora.train.checkpoints import STAGING, disk_full_error, is_disk_full, publish
 from smolora.train.distributed import global_tokens
+from smolora.train.grpo import grpo_loss
 from smolora.train.guards import check_loss
+from smolora.train.preference import preference_loss
 
 
 class SmoLoRATrainer(Trainer):
@@ -44,6 +46,8 @@ class SmoLoRATrainer(Trainer):
         lr: float = 0.0,
         scorer: Callable[[Any], dict[str, float]] | None = None,
         best: Any = None,
+        objective: TrainSection | None = None,
+        rewards: list | None = None,
         **kw: Any,
     ):
         self.batching = batching  # read by _get_train_sampler, which super().__init__ may call
@@ -56,9 +60,17 @@ class SmoLoRATrainer(Trainer):
         self.loss_chunk = loss_chunk
         self.counter = counter if counter is not None else {"tokens": 0}
         self.synced: dict[str, int] = {}  # the global token count at the last log (several processes)
-        # Our loss divides by the label count of the whole accumulated batch (num_items_in_batch),
-        # so Trainer must count it and must not divide by the accumulation steps again.
-        self.model_accepts_loss_kwargs = True
+        # sft, or the preference / reward objective (train/preference.py, train/grpo.py) and its settings
+        self.objective = objective if objective is not None and objective.objective != "sft" else None
+        self.rewards = rewards or []
+        self.logged: dict[str, dict[str, list[float]]] = {
+            "train": {},
+            "eval": {},
+        }  # their metrics, until logged
+        # Our SFT loss divides by the label count of the whole accumulated batch (num_items_in_batch),
+        # so Trainer must count it and must not divide by the accumulation steps again; the
+        # preference losses are means over the micro-batch, which Trainer divides as usual.
+        self.model_accepts_loss_kwargs = self.objective is None
 
     def _run_epoch(self, *args, **kwargs):
         # transformers checks "enough steps?" only after a step, so resuming from a checkpoint saved at
@@ -70,6 +82,8 @@ class SmoLoRATrainer(Trainer):
         return super()._run_epoch(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.objective is not None:
+            return self.objective_loss(model, inputs, return_outputs)
         mask = inputs.get("attention_mask")
         if model.training:
             self.counter["tokens"] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
@@ -90,13 +104,41 @@ class SmoLoRATrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def objective_loss(self, model, inputs, return_outputs=False):
+        """The preference or reward objective's loss; its metrics are kept for the next log."""
+        t, plain = self.objective, self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if t.objective == "grpo":
+            loss, metrics = grpo_loss(model, inputs, t, self.rewards, self.processing_class, self.loss_chunk)
+        else:
+            loss, metrics = preference_loss(model, inputs, t, self.loss_chunk, plain)
+        tokens = metrics.pop("tokens", None)
+        if model.training:
+            mask = inputs.get("attention_mask", inputs.get("prompt_mask"))
+            self.counter["tokens"] += int(tokens if tokens is not None else mask.sum())
+        for key, value in metrics.items():
+            self.logged["train" if model.training else "eval"].setdefault(key, []).append(value)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self.objective is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.objective_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _drain(self, mode: str, prefix: str = "") -> dict[str, float]:
+        kept, self.logged[mode] = self.logged[mode], {}
+        return {f"{prefix}{k}": round(sum(v) / len(v), 6) for k, v in kept.items() if v}
+
     def evaluation_loop(self, *args, **kwargs):
         # Added here, before Trainer logs the metrics: they land in log_history (and so in
         # checkpoints, for a resumed run's best-checkpoint choice), metrics.jsonl and on_evaluate.
         output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         if self.scorer is not None:
-            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
             output.metrics.update({f"{prefix}_{k}": v for k, v in self.scorer(self.model).items()})
+        output.metrics.update(self._drain("eval", f"{prefix}_"))
         return output
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -148,6 +190,8 @@ class SmoLoRATrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kw: Any) -> None:
         global_tokens(self.counter, self.synced)  # every rank logs at the same steps: tokens/s is global
+        if "loss" in logs:  # a training log: the objective's metrics since the last one
+            logs = {**logs, **self._drain("train")}
         super().log(logs, *args, **kw)
 
 
