@@ -31,10 +31,19 @@ def train(
     node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's rank, 0..nnodes-1.")] = 0,
     master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of node 0.")] = None,
     master_port: Annotated[int | None, typer.Option("--master-port", help="Port on node 0.")] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Continue this run's adapter (sets model.adapter), e.g. DPO after SFT: --from runs/quickstart.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a model as the config says (on several processes, GPUs or nodes with --nproc/--nnodes).
 
     Example: smolora train examples/quickstart.yaml --set train.max_steps=50 --set lora.r=8
+
+    Example: smolora train examples/dpo.yaml --from runs/quickstart   (DPO continuing an SFT run)
 
     Example: smolora train examples/quickstart.yaml --nproc 4   (4 GPUs, DDP; see docs/distributed.md)
     """
@@ -42,6 +51,8 @@ def train(
     from smolora.train.launch import LaunchOptions, inside_launch, run_launch, train_cli_args, wants_launch
     from smolora.train.recipe import train as run_training
 
+    if start is not None:  # before the --set list, so an explicit --set model.adapter=... still wins
+        set_ = [f"model.adapter={start}", *(set_ or [])]
     cfg = load_config(config, set_ or [])
     if cfg.data.path is None:
         raise SmoLoRAError("no training data: set data.path in the config or pass --set data.path=FILE")
