@@ -115,8 +115,8 @@ def load_rewards(specs: list[str]) -> list[tuple[str, Reward]]:
         head, _, arg = spec.partition(":")
         if head in BUILTINS:
             out.append((spec, BUILTINS[head](arg or None)))
-        elif ".py:" in spec:
-            out.append((spec, _from_file(spec)))
+        elif ".py:" in spec:  # logged by the function's name: reward_format_ok
+            out.append((spec.rpartition(":")[2], _from_file(spec)))
         else:
             raise ConfigError(
                 f"train.rewards: unknown reward {spec!r}; use 'file.py:function' or one of "
