@@ -168,7 +168,7 @@ def test_examples_rewards_file_scores_the_house_format():
     rewards = load_rewards(["examples/rewards.py:format_ok", "examples/rewards.py:correct_fields"])
     total, means = score_rewards(
         rewards,
-        ["p", "p"],
+        ["Extract. Message: 2 x mug to Oslo", "Extract. Message: 2 x mug to Oslo"],
         ["product=mug; qty=2; city=Oslo", "Sure! Here is the order:\nProduct: mug"],
         [{"output": "product=mug; qty=2; city=Oslo"}, {"output": "product=mug; qty=2; city=Oslo"}],
     )
