@@ -22,24 +22,25 @@ HOUSE = re.compile(r"product=([^;\n]+); qty=(\d+); city=([^;\n]+)")
 def format_ok(prompts: list[str], completions: list[str], **columns) -> list[float]:
     """How close an answer is to the quickstart's house format, 0 to 1, never looking at the right answer.
 
-    Exactly one `product=...; qty=<digits>; city=...` and nothing else earns 0.4, plus 0.2 for
-    each value that occurs in the customer's message (a format is filled from the message, not
-    made up). Anything else earns at most 0.3: a tenth per field named ("Quantity: 3"; written
-    `key=` counts the same), halved over several lines. An early version paid for the keys
-    alone and GRPO learnt `product=product; qty=product; ...`: a reward gets what it measures.
+    An answer that starts with `product=...; qty=<digits>; city=...` earns 0.3, plus 0.15 for each
+    value that occurs in the customer's message (a format is filled from the message, not made
+    up), plus 0.25 when nothing follows it. Anything else earns at most 0.2: a fifteenth per field
+    it names ("Quantity: 3"), halved over several lines. Each step up is one a sampled answer can
+    stumble on. An early version paid for the keys alone and GRPO learnt `product=product;
+    qty=product; ...`: a reward gets exactly what it measures.
     """
     scores = []
     for prompt, text in zip(prompts, completions, strict=True):
         text = text.strip()
-        match = HOUSE.fullmatch(text)
+        match = HOUSE.match(text)
         if match:
             message = prompt.rpartition("Message:")[2].lower() or prompt.lower()
             grounded = sum(value.strip().lower() in message for value in match.groups())
-            scores.append(0.4 + 0.2 * grounded)
+            scores.append(0.3 + 0.15 * grounded + (0.25 if match.end() == len(text) else 0.0))
             continue
         lower = text.lower()
         named = sum(any(w in lower for w in words) for words in FIELDS.values())
-        scores.append(0.1 * named * (1.0 if text and "\n" not in text else 0.5))
+        scores.append(0.2 / 3 * named * (1.0 if text and "\n" not in text else 0.5))
     return scores
 
 
