@@ -56,10 +56,14 @@ def eval_cmd(
 
     Writes metrics.json (eval loss, perplexity, exact match, ROUGE-1/2/L, BLEU, chrF for both
     models and the difference), samples.jsonl, report.md, report.html and RUN/plots/loss.png.
+    A preference run (train.objective dpo, orpo, simpo, kto) adds preference_accuracy,
+    preference_margin and reward_margin on the held-out pairs, a grpo run the reward of greedy
+    answers; a run that continued another (model.adapter) is compared with that run.
 
     Example: smolora eval runs/quickstart --lm-eval smolora_orders --include-path examples/lm_eval
     """
     from smolora.eval.evaluate import evaluate_run
+    from smolora.train.rewards import load_rewards  # a grpo run is scored with its own rewards
 
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
     result = evaluate_run(
@@ -70,6 +74,7 @@ def eval_cmd(
         lm_eval_tasks=tasks,
         include_path=include_path,
         lm_eval_limit=lm_eval_limit,
+        reward_loader=load_rewards,
     )
     print_comparison(result, samples)
 

@@ -8,6 +8,9 @@ numbers come from the very same weights with the adapter switched off, so the on
 difference between the two columns is the fine-tune. Results go to `RUN/eval/`
 (metrics.json, samples.jsonl, report.md, report.html) and `RUN/plots/loss.png`;
 metrics.json and the report carry the diagnosis (smolora.eval.diagnose).
+A preference or reward run (train.objective != sft) is read as prompt + chosen answer for the
+same metrics and adds its own (eval/preference.py); its base is the run it continued
+(model.adapter) when it continued one.
 
 Run as:
     result = evaluate_run("runs/quickstart")
@@ -20,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +73,11 @@ def require_adapter(run_dir: Path) -> None:
 
 def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str = "validation") -> list[dict]:
     """The examples to evaluate on, capped at eval.max_examples (same rows for loss and generation)."""
-    from smolora.data.encode import load_examples
     from smolora.data.pipeline import split_examples
 
     if data_path:
         # A saved DatasetDict or hub dataset has named splits; a plain file is read whole.
-        examples, *_ = load_examples(data_path, cfg.data.model_copy(update={"split": split}))
+        examples = _read(data_path, cfg, cfg.data.model_copy(update={"split": split}))
         return examples[: cfg.eval.max_examples]
     if split == "validation" and cfg.data.task == "memorize" and not cfg.data.val_path:
         split = "train"  # memorizing has no held-out facts: what it is judged on is their recall
@@ -85,13 +87,12 @@ def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str =
             "for another split pass --data DATASET --split NAME"
         )
     if split == "validation" and cfg.data.val_path:
-        examples, *_ = load_examples(cfg.data.val_path, cfg.data)
+        examples = _read(cfg.data.val_path, cfg)
     elif split == "train" and cfg.data.val_path:
-        examples, *_ = load_examples(cfg.data.path, cfg.data)
+        examples = _read(cfg.data.path, cfg)
     else:
-        train, val = split_examples(
-            load_examples(cfg.data.path, cfg.data)[0], cfg.data.val_ratio, cfg.train.seed
-        )
+        # the same seeded split as training (pipeline.prepare / prepare_preference)
+        train, val = split_examples(_read(cfg.data.path, cfg), cfg.data.val_ratio, cfg.train.seed)
         examples = val if split == "validation" else train
         if not examples:
             raise DatasetError(
@@ -99,6 +100,19 @@ def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str =
                 "pass --data FILE with prompt and answer fields"
             )
     return examples[: cfg.eval.max_examples]
+
+
+def _read(path: str | list[str], cfg: RunConfig, data=None) -> list[dict]:
+    """SFT examples of a data file; a preference run's pairs / rows / prompts turned into SFT
+    examples (prompt + chosen answer, see eval/preference.py), so the answer metrics apply."""
+    from smolora.data.encode import load_examples
+
+    data = data or cfg.data
+    if cfg.train.objective == "sft":
+        return load_examples(path, data)[0]
+    from smolora.eval.preference import read_preference
+
+    return read_preference(path, data, cfg.train.objective)
 
 
 def data_source(cfg: RunConfig, data_path: str | None, split: str) -> str:
@@ -196,14 +210,22 @@ def score(predictions: list[str], references: list[str]) -> dict[str, float]:
     return {name: fn(predictions, references) for name, fn in METRICS.items()}
 
 
-def base_and_tuned(run_dir: Path) -> Iterator[tuple[str, Any, Any]]:
+def base_and_tuned(run_dir: Path, start: str | None = None) -> Iterator[tuple[str, Any, Any]]:
     """("fine_tuned", model, tokenizer), then ("base", ...): the adapter switched off, or the
-    base weights loaded anew after a full fine-tune (which has no adapter to switch off)."""
+    base weights loaded anew after a full fine-tune (which has no adapter to switch off).
+
+    `start` (a run's model.adapter: the run it continued, e.g. the SFT run a DPO run started
+    from) is the base instead: what the fine-tune is compared with is where it started."""
     from smolora.config import ModelSection
     from smolora.model.load import load_base, load_for_inference
 
     model, tokenizer, _ = load_for_inference(run_dir)
     yield "fine_tuned", model, tokenizer
+    if start:
+        del model
+        base, base_tokenizer, _ = load_for_inference(start)
+        yield "base", base, base_tokenizer
+        return
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             yield "base", model, tokenizer
@@ -225,11 +247,19 @@ def evaluate_run(
     include_path: str | Path | None = None,
     lm_eval_limit: int | None = None,
     report: bool = True,
+    reward_loader: Callable[[list[str]], list] | None = None,
 ) -> dict[str, Any]:
-    """Score base and fine-tuned model, write RUN/eval/ (and the report), return what was written."""
+    """Score base and fine-tuned model, write RUN/eval/ (and the report), return what was written.
+
+    A grpo run is scored with `reward_loader(cfg.train.rewards)` (train.rewards.load_rewards:
+    eval sits beside train and does not import it)."""
     run_dir = require_run(run_dir)  # a run, or its adapter/ directory
     cfg = run_config(run_dir, overrides)
     require_adapter(run_dir)
+    from smolora.eval.preference import starting_point
+
+    start = starting_point(cfg)
+    rewards = reward_loader(cfg.train.rewards) if cfg.train.objective == "grpo" and reward_loader else []
     # Everything that can fail on bad input fails here, before a model is loaded.
     task_manager = None
     if lm_eval_tasks:
@@ -239,25 +269,8 @@ def evaluate_run(
     examples = held_out_examples(cfg, data_path, split)
     pairs = prompt_pairs(examples)
     refs = [p["reference"] for p in pairs]
-
-    scores: dict[str, dict[str, float]] = {}
-    outputs: dict[str, list[str]] = {}
-    seconds: dict[str, float] = {}
-    for which, model, tokenizer in base_and_tuned(run_dir):
-        t0 = time.perf_counter()
-        scores[which] = answer_loss(model, tokenizer, examples, cfg)
-        if pairs:
-            outputs[which] = generate_answers(model, tokenizer, pairs, cfg)
-            scores[which].update(score(outputs[which], refs))
-        if lm_eval_tasks:
-            from smolora.eval.harness import run_lm_eval
-
-            scores[which].update(
-                run_lm_eval(model, tokenizer, lm_eval_tasks, task_manager, cfg.eval.batch_size, lm_eval_limit)
-            )
-        seconds[which] = round(time.perf_counter() - t0, 2)
-        log.info("%s: %s (%.1f s)", which, _brief(scores[which]), seconds[which])
-
+    lm_eval = (lm_eval_tasks, task_manager, lm_eval_limit) if lm_eval_tasks else None
+    scores, outputs, seconds = score_both(run_dir, cfg, examples, start, rewards, lm_eval)
     metrics = {
         "run": str(run_dir),
         "data": data_source(cfg, data_path, split),
@@ -273,6 +286,8 @@ def evaluate_run(
         if lm_eval_tasks
         else None,
         "seconds": seconds,
+        "objective": cfg.train.objective,
+        "base_model": start or "the base model (adapter switched off)",
     }
     metrics.update(eval_diagnosis(run_dir, cfg, metrics))  # training's findings + forgetting; best step
     samples = [
@@ -291,6 +306,58 @@ def evaluate_run(
 
         result.update(write_report(run_dir, cfg, metrics, samples))
     return result
+
+
+def score_both(run_dir: Path, cfg: RunConfig, examples, start, rewards, lm_eval) -> tuple[dict, dict, dict]:
+    """(scores, greedy answers, seconds) of "fine_tuned" and "base" on the held-out examples."""
+    pairs = prompt_pairs(examples)
+    refs = [p["reference"] for p in pairs]
+    scores: dict[str, dict[str, float]] = {}
+    outputs: dict[str, list[str]] = {}
+    seconds: dict[str, float] = {}
+    logps: dict[str, list] = {}
+    for which, model, tokenizer in base_and_tuned(run_dir, start):
+        t0 = time.perf_counter()
+        scores[which] = answer_loss(model, tokenizer, examples, cfg)
+        if pairs:
+            outputs[which] = generate_answers(model, tokenizer, pairs, cfg)
+            scores[which].update(score(outputs[which], refs))
+        logps[which] = objective_scores(model, tokenizer, examples, cfg, rewards, scores[which])
+        if lm_eval:
+            from smolora.eval.harness import run_lm_eval
+
+            tasks, task_manager, limit = lm_eval
+            scores[which].update(
+                run_lm_eval(model, tokenizer, tasks, task_manager, cfg.eval.batch_size, limit)
+            )
+        seconds[which] = round(time.perf_counter() - t0, 2)
+        log.info("%s: %s (%.1f s)", which, _brief(scores[which]), seconds[which])
+    if logps["base"] is not None:  # pairs / kto: rewards relative to the starting point, the base
+        from smolora.eval.preference import pair_scores
+
+        both = pair_scores(logps["base"], logps["fine_tuned"], examples, cfg.train.strength)
+        for which, values in zip(("base", "fine_tuned"), both, strict=True):
+            scores[which].update(values)
+    return scores, outputs, seconds
+
+
+def objective_scores(model, tokenizer, examples, cfg: RunConfig, rewards, scores: dict) -> list | None:
+    """A preference run's own numbers for one model: grpo's reward (added to `scores`), or the
+    answer log-probabilities of pairs / kto rows that pair_scores compares across the two models."""
+    from smolora.eval import preference
+
+    shape = preference.shape_of(examples)
+    if shape == "prompts" and not rewards:
+        log.warning("grpo run evaluated without its rewards (pass reward_loader): no reward scores")
+    if shape == "prompts" and rewards:
+        answer_cfg = cfg.model_copy(
+            update={"eval": cfg.eval.model_copy(update={"max_new_tokens": cfg.train.max_completion_length})}
+        )
+        answers = generate_answers(model, tokenizer, preference.reward_prompts(examples), answer_cfg)
+        scores.update(preference.reward_scores(rewards, examples, answers))
+    if shape in ("pairs", "kto"):
+        return preference.answer_logps(model, tokenizer, examples, cfg)
+    return None
 
 
 def _brief(scores: dict[str, float]) -> str:

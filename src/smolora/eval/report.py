@@ -44,6 +44,11 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;
 td.text{white-space:pre-wrap;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.82rem}
 .samples th:first-child{width:34%}.samples td.num{width:1%}.hit{background:#dafbe1}.miss{background:#fff8c5}.kv td:first-child{color:#57606a;width:30%}
 """
+PREFERENCE_NOTE = (
+    " preference_accuracy: % of held-out pairs whose summed log-probability of the chosen answer beats the"
+    " rejected one; preference_margin: mean of that difference; reward_margin: beta x its change since the"
+    " starting point (the base column, 0 there); reward (grpo): mean train.rewards of greedy answers."
+)
 
 
 def loss_plot(log_rows: list[dict[str, Any]], path: Path) -> bytes:
@@ -139,6 +144,9 @@ def config_summary(cfg: RunConfig, run_dir: Path) -> list[tuple[str, str]]:
         ("max_length", str(cfg.data.max_length)),
         ("generation", f"greedy, max_new_tokens {cfg.eval.max_new_tokens}"),
     ]
+    if cfg.train.objective != "sft":
+        rows.insert(3, ("objective", f"{cfg.train.objective}, beta {cfg.train.strength:g}"))
+        rows.insert(4, ("compared with", cfg.model.adapter or "the base model (adapter switched off)"))
     return rows
 
 
@@ -189,7 +197,8 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 def fmt(name: str, value: float) -> str:
     if name == "perplexity":
         return f"{value:.2f}"
-    if name == "eval_loss" or "/" in name:  # losses and lm-eval's 0-1 scores
+    if name == "eval_loss" or "/" in name or "margin" in name or name.startswith("reward"):
+        # losses, lm-eval's 0-1 scores, and the log-probability margins and rewards
         return f"{value:.4f}"
     return f"{value:.1f}"
 
@@ -212,6 +221,11 @@ def write_report(
     bars = metrics_plot(metrics, plots / "metrics.png")
     if bars is not None:
         images["metrics"] = bars
+    from smolora.eval.preference import objective_figure  # preference runs: reward / margin curves
+
+    fig = objective_figure(log_rows, cfg.train.objective)
+    if fig is not None:
+        images["objective"] = _save(fig, plots / "objective.png")
     parts = {
         "config": config_summary(cfg, run_dir),
         "training": training_summary(log_rows),
@@ -271,7 +285,8 @@ def render_markdown(metrics: dict[str, Any], parts: dict[str, Any], images: list
     lines += [
         "",
         "Generation metrics are 0-100 (higher is better); eval_loss and perplexity are on the answer "
-        "tokens (lower is better); lm-eval scores (task/metric) are on lm-eval's own scale.",
+        "tokens (lower is better); lm-eval scores (task/metric) are on lm-eval's own scale."
+        + (PREFERENCE_NOTE if metrics.get("objective", "sft") != "sft" else ""),
         "",
         *(
             ["## Diagnosis", "", *[f"- {line}" for line in parts["diagnosis"]], ""]
@@ -364,7 +379,7 @@ def render_html(metrics: dict[str, Any], parts: dict[str, Any], images: dict[str
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>change</th></tr>{"".join(rows)}</table>
 <p class=sub>Generation metrics are 0-100 (higher is better); eval_loss and perplexity are on the answer
-tokens (lower is better); lm-eval scores (task/metric) are on lm-eval's own scale.</p>
+tokens (lower is better); lm-eval scores (task/metric) are on lm-eval's own scale.{_e(PREFERENCE_NOTE) if metrics.get("objective", "sft") != "sft" else ""}</p>
 {"<h2>Diagnosis</h2><ul>" + "".join(f"<li>{_e(x)}</li>" for x in parts["diagnosis"]) + "</ul>" if parts["diagnosis"] else ""}
 <h2>Loss curve and scores</h2>
 <div class=grid>{"".join(_img(png, key) for key, png in images.items())}</div>
