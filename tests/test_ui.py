@@ -39,6 +39,22 @@ def test_schema_has_every_section_with_defaults(ui_client):
     assert body["defaults"]["lora"]["r"] == 16 and body["defaults"]["model"]["name"] == "smollm2-135m"
 
 
+def test_the_form_offers_the_objective_and_an_editable_rewards_list(ui_client):
+    # The Train form is generated from this schema: an enum is a <select>, a list a JSON text field.
+    train = ui_client.get("/api/schema").json()["schema"]["$defs"]["TrainSection"]["properties"]
+    assert train["objective"]["enum"] == ["sft", "dpo", "orpo", "simpo", "kto", "grpo"]
+    assert train["rewards"]["type"] == "array" and train["rewards"]["items"] == {"type": "string"}
+    form = [*workspace_overrides("grpo"), "train.objective=grpo"]  # what the form sends
+    view = ui_client.post("/api/config/preview", json={"overrides": form}).json()
+    assert not view["ok"] and any("needs train.rewards" in p["message"] for p in view["problems"])
+    rewards = 'train.rewards=["exact_match", "length:20"]'
+    view = ui_client.post(
+        "/api/config/preview", json={"overrides": [*form, rewards, "train.beta=0.2"]}
+    ).json()
+    assert view["ok"], view["problems"]
+    assert "objective: grpo" in view["yaml"] and "- length:20" in view["yaml"] and "beta: 0.2" in view["yaml"]
+
+
 def test_preview_reports_problems_per_field(ui_client):
     view = ui_client.post(
         "/api/config/preview", json={"overrides": ["data.max_length=2", "trian.lr=1", "data.path=qa.jsonl"]}

@@ -335,3 +335,32 @@ def test_the_form_says_which_values_are_masked_in_the_config_it_writes(page):
     page.wait_for_selector("#form-problems .notice-info")
     assert "data.system_prompt" in page.text_content("#form-problems")
     assert "hf_Ab1" not in page.text_content("#preview-yaml")
+
+
+def test_the_form_has_the_objective_and_the_chart_shows_its_metrics(page):
+    open_view(page, "train")
+    options = page.eval_on_selector_all('select[name="train.objective"] option', "os => os.map(o => o.value)")
+    assert options == ["sft", "dpo", "orpo", "simpo", "kto", "grpo"]
+    page.select_option('select[name="train.objective"]', "grpo")
+    page.fill('[name="train.rewards"]', '["exact_match"]')
+    page.wait_for_function("document.querySelector('#preview-yaml').textContent.includes('objective: grpo')")
+    assert "- exact_match" in page.text_content("#preview-yaml")
+
+    # A dpo run's metrics.jsonl rows, as /api/train/status hands them over: loss, and beside it
+    # the objective's chart with reward margin and accuracy (train lines, eval dots).
+    rows = [
+        {"step": s, "loss": 0.69 - 0.01 * s, "reward_margin": 0.02 * s, "reward_accuracy": 0.2 * s}
+        for s in (1, 2, 3)
+    ]
+    rows.append({"step": 3, "eval_loss": 0.6, "eval_reward_margin": 0.05, "eval_reward_accuracy": 0.75})
+    status = {"state": "finished", "name": "dpo", "step": 3, "total_steps": 3, "rows": rows}
+    status.update(n_rows=len(rows), run_dir="runs/dpo", checkpoints=[])
+    page.route("**/api/train/status*", lambda route: route.fulfill(json=status))
+    assert page.is_hidden("#objective-chart")  # no run yet: sft's chart only
+    open_view(page, "runs")
+    open_view(page, "train")  # showing the view polls the status again
+    page.wait_for_selector("#objective-chart:not([hidden])")
+    legend = page.text_content("#objective-chart")
+    assert "reward margin" in legend and "eval reward accuracy" in legend and "reward chosen" not in legend
+    assert page.get_attribute("#objective-chart", "data-points") == "3"
+    page.unroute("**/api/train/status*")

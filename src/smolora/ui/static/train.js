@@ -252,6 +252,29 @@ async function poll() {
   if (isRunning()) pollTimer = setTimeout(poll, 1000);
 }
 
+// The objective's metrics in metrics.jsonl rows (pairs: reward_margin, reward_accuracy; kto:
+// reward_chosen/rejected; grpo: reward), train and eval_ versions; none for sft.
+const OBJECTIVE_METRICS = [
+  ["reward_margin", "#16a34a", "#ea580c"],
+  ["reward_accuracy", "#0891b2", "#9333ea"],
+  ["reward_chosen", "#16a34a", "#ea580c"],
+  ["reward_rejected", "#dc2626", "#9333ea"],
+  ["reward", "#16a34a", "#ea580c"],
+];
+
+export function objectiveSeries(rows) {
+  const out = [];
+  const paired = rows.some((r) => Number.isFinite(r.reward_margin)); // then chosen/rejected are its parts
+  for (const [key, color, evalColor] of OBJECTIVE_METRICS) {
+    if (paired && key.startsWith("reward_") && !["reward_margin", "reward_accuracy"].includes(key)) continue;
+    for (const [name, dots] of [[key, false], [`eval_${key}`, true]]) {
+      const points = rows.filter((r) => Number.isFinite(r[name])).map((r) => [r.step, r[name]]);
+      if (points.length) out.push({ name: name.replace(/_/g, " "), color: dots ? evalColor : color, points, dots });
+    }
+  }
+  return out;
+}
+
 function renderStatus(s) {
   $("#train-state").replaceChildren(badge(s.state), s.name ? el("span", { class: "run-name", text: ` ${s.name}` }) : "");
   $("#start-btn").disabled = isRunning() || $("#config-state .bad") !== null;
@@ -272,6 +295,10 @@ function renderStatus(s) {
     { name: "loss", color: "#4f46e5", points: loss },
     { name: "eval loss", color: "#ea580c", points: evals, dots: true },
   ]);
+  // dpo/orpo/simpo/kto/grpo log their own numbers (reward margin, accuracy, reward): a second chart
+  const objective = objectiveSeries(rows);
+  $("#objective-chart").toggleAttribute("hidden", !objective.length); // an <svg> has no .hidden
+  if (objective.length) lineChart($("#objective-chart"), objective);
   const fail = $("#train-failure");
   if (s.state === "failed") {
     fail.hidden = false;
