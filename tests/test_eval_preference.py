@@ -134,3 +134,26 @@ def test_grpo_eval_reports_the_reward_of_greedy_answers(tmp_path, tiny_model_dir
     assert (run / "plots" / "objective.png").stat().st_size > 0
     # without the rewards (a caller that loads none) the rest is still scored
     assert "reward" not in evaluate_run(run, report=False)["metrics"]["fine_tuned"]
+
+
+def test_kto_eval_scores_good_and_bad_rows_and_takes_data(tmp_path, tiny_model_dir):
+    extra = ["train.objective=kto", "train.beta=0.5", *FAST]
+    run = train(
+        tiny_config(tiny_model_dir, write_pairs(tmp_path / "pairs.jsonl"), tmp_path, *extra),
+        show_progress=False,
+    )
+    m = evaluate_run(run, report=False)["metrics"]
+    assert m["base"]["reward_margin"] == 0.0
+    tuned = m["fine_tuned"]
+    assert tuned["reward_margin"] == pytest.approx(tuned["reward_chosen"] - tuned["reward_rejected"])
+    # --data: labelled rows of another file; the good ones are the answer metrics' references
+    rows = [
+        {"prompt": "What is 40 plus one?", "completion": "It is 41.", "label": True},
+        {"prompt": "What is 50 plus one?", "completion": "No, 50.", "label": False},
+        {"prompt": "What is 60 plus one?", "completion": "It is 61.", "label": True},
+    ]
+    other = tmp_path / "kto.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate_run(run, data_path=str(other), report=False)
+    assert result["metrics"]["n"] == 2 and result["samples"][0]["reference"] == "It is 41."
+    assert "preference_margin" in result["metrics"]["fine_tuned"]

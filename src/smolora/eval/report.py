@@ -48,6 +48,7 @@ PREFERENCE_NOTE = (
     " preference_accuracy: % of held-out pairs whose summed log-probability of the chosen answer beats the"
     " rejected one; preference_margin: mean of that difference; reward_margin: beta x its change since the"
     " starting point (the base column, 0 there); reward (grpo): mean train.rewards of greedy answers."
+    " eval_loss is on the chosen answers; the training log's eval loss is the objective's."
 )
 
 
