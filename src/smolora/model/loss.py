@@ -142,10 +142,14 @@ class _HeadLogProb(torch.autograd.Function):
     gradient needs the incoming per-row weights. With the head frozen (every adapter) the
     per-row gradient of h is computed in forward, chunk by chunk, and only scaled in backward;
     with a trainable head (full fine-tuning) backward recomputes each chunk's logits instead.
+    `temperature` divides the (soft-capped) logits: GRPO scores answers under the distribution
+    it sampled them from, as TRL does.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk: int, softcap: float | None):
+    def forward(
+        ctx, hidden, weight, bias, targets, chunk: int, softcap: float | None, temperature: float = 1.0
+    ):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         acc = torch.promote_types(hidden.dtype, torch.float32)
         early = need_h and not (need_w or need_b)
@@ -153,14 +157,14 @@ class _HeadLogProb(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start : start + chunk], targets[start : start + chunk]
-            logits, capped = _logits(h, weight, bias, softcap, acc)
+            logits, capped = _logits(h, weight, bias, softcap, acc, temperature)
             lse = torch.logsumexp(logits, dim=-1)
             out[start : start + chunk] = logits.gather(1, y[:, None]).squeeze(1) - lse
             if early:
                 grad_h[start : start + chunk] = (
-                    _dlogp_dlogits(logits, lse, y, capped, acc).to(hidden.dtype) @ weight
+                    _dlogp_dlogits(logits, lse, y, capped, acc, temperature).to(hidden.dtype) @ weight
                 )
-        ctx.early, ctx.chunk, ctx.softcap = early, chunk, softcap
+        ctx.early, ctx.chunk, ctx.softcap, ctx.temperature = early, chunk, softcap, temperature
         ctx.save_for_backward(grad_h if early else hidden, weight, bias, targets)
         return out
 
@@ -168,7 +172,7 @@ class _HeadLogProb(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved, weight, bias, targets = ctx.saved_tensors
         if ctx.early:
-            return saved * grad_out[:, None].to(saved.dtype), None, None, None, None, None
+            return saved * grad_out[:, None].to(saved.dtype), None, None, None, None, None, None
         hidden, acc = saved, torch.promote_types(saved.dtype, torch.float32)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -176,9 +180,10 @@ class _HeadLogProb(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=acc) if need_b and bias is not None else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             h, y = hidden[start : start + ctx.chunk], targets[start : start + ctx.chunk]
-            logits, capped = _logits(h, weight, bias, ctx.softcap, acc)
+            logits, capped = _logits(h, weight, bias, ctx.softcap, acc, ctx.temperature)
             lse = torch.logsumexp(logits, dim=-1)
-            grad = _dlogp_dlogits(logits, lse, y, capped, acc) * grad_out[start : start + ctx.chunk, None]
+            grad = _dlogp_dlogits(logits, lse, y, capped, acc, ctx.temperature)
+            grad = grad * grad_out[start : start + ctx.chunk, None]
             grad = grad.to(hidden.dtype)
             if need_h:
                 grad_h[start : start + ctx.chunk] = grad @ weight
@@ -190,22 +195,25 @@ class _HeadLogProb(torch.autograd.Function):
         def cast(g):
             return g.to(weight.dtype) if g is not None else None
 
-        return grad_h, cast(grad_w), cast(grad_b), None, None, None
+        return grad_h, cast(grad_w), cast(grad_b), None, None, None, None
 
 
-def _logits(h, weight, bias, softcap, acc):
+def _logits(h, weight, bias, softcap, acc, temperature: float = 1.0):
     logits = F.linear(h, weight, bias)
     capped = None
     if softcap:
         capped = torch.tanh(logits / softcap)
         logits = capped * softcap
-    return logits.to(acc), capped
+    logits = logits.to(acc)
+    return (logits / temperature if temperature != 1.0 else logits), capped
 
 
-def _dlogp_dlogits(logits, lse, y, capped, acc):
-    """d log p(y) / d logits = one_hot(y) - softmax, built in the logits buffer (the chunk's last use)."""
+def _dlogp_dlogits(logits, lse, y, capped, acc, temperature: float = 1.0):
+    """d log p(y) / d logits = (one_hot(y) - softmax) / T, built in the logits buffer (the chunk's last use)."""
     grad = logits.sub_(lse[:, None]).exp_().neg_()
     grad[torch.arange(len(y), device=y.device), y] += 1.0
+    if temperature != 1.0:
+        grad /= temperature
     if capped is not None:
         grad *= 1.0 - capped.to(acc) ** 2
     return grad
@@ -218,10 +226,12 @@ def token_logps(
     labels: torch.Tensor,
     chunk: int = 1024,
     plain: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each labelled token, the row it belongs to): labelled positions only, in order.
 
-    The preference objectives sum these per row (`sequence_logps`); GRPO weighs them per token.
+    The preference objectives sum these per row (`sequence_logps`); GRPO weighs them per token,
+    under its sampling temperature (the logits divided by it, after any soft-capping).
     """
     targets = labels[:, 1:]
     keep = targets != -100
@@ -229,7 +239,11 @@ def token_logps(
     parts = None if plain else split_lm(model)
     if parts is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, targets.clamp(min=0)[..., None]).squeeze(2)
+        logp = (
+            torch.log_softmax(logits.float() / temperature, dim=-1)
+            .gather(2, targets.clamp(min=0)[..., None])
+            .squeeze(2)
+        )
         return logp[keep], rows
     decoder, head = parts
     if attention_mask is not None and bool(attention_mask.all()):
@@ -237,7 +251,7 @@ def token_logps(
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     selected = hidden[:, :-1][keep]
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    logp = _HeadLogProb.apply(selected, head.weight, head.bias, targets[keep], chunk, softcap)
+    logp = _HeadLogProb.apply(selected, head.weight, head.bias, targets[keep], chunk, softcap, temperature)
     return logp, rows
 
 
@@ -248,9 +262,10 @@ def sequence_logps(
     labels: torch.Tensor,
     chunk: int = 1024,
     plain: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-probability of each row's labelled tokens, their count), one value per row."""
-    logp, rows = token_logps(model, input_ids, attention_mask, labels, chunk, plain)
+    logp, rows = token_logps(model, input_ids, attention_mask, labels, chunk, plain, temperature)
     n = labels.shape[0]
     total = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
     count = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, rows, torch.ones_like(logp))

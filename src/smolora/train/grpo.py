@@ -4,10 +4,11 @@ One training step: each of the batch's prompts gets `train.num_generations` samp
 (temperature `train.temperature`, at most `train.max_completion_length` tokens, cut after the
 first end-of-turn); their rewards are normalised within the group (advantage = (r - mean) /
 (std + 1e-4), TRL's scale_rewards="group"); the loss is -advantage x each answer token's
-log-probability, summed over tokens and divided by their number (TRL's default loss_type
-"dapo" when a step is one micro-batch), plus `train.beta` x the k3 KL to the base (the adapter
-switched off) when beta > 0. With one update per generation the PPO ratio is 1, so clipping
-never acts. Evaluation scores one greedy answer per held-out prompt: `eval_reward`.
+log-probability (at the sampling temperature, as TRL scores it), summed over tokens and divided
+by their number (TRL's default loss_type "dapo" when a step is one micro-batch), plus
+`train.beta` x the k3 KL to the base (the adapter switched off) x the ratio (TRL's default
+use_bias_correction_kl) when beta > 0. With one update per generation the PPO ratio is 1, so
+clipping never acts. Evaluation scores one greedy answer per held-out prompt: `eval_reward`.
 
 Run as:
     loss, metrics = grpo_loss(model, batch, cfg.train, rewards, tokenizer)
@@ -88,25 +89,32 @@ def rewards_of(rewards, inputs, texts: list[str], n: int) -> tuple[torch.Tensor,
     return torch.tensor(total, dtype=torch.float32), means
 
 
-def policy_logps(model, ids, mask, completion, completion_mask, chunk: int, plain: bool = False):
-    """Per-token log-probabilities of the answer tokens, as a (rows, completion length) tensor (0 elsewhere)."""
+def policy_logps(
+    model, ids, mask, completion, completion_mask, chunk: int, plain: bool = False, temperature=1.0
+):
+    """Per-token log-probabilities of the answer tokens, as a (rows, completion length) tensor (0 elsewhere).
+
+    Scored at the sampling temperature (TRL's too): the policy the answers were drawn from."""
     input_ids = torch.cat([ids, completion], dim=1)
     attention = torch.cat([mask, completion_mask], dim=1)
     labels = torch.full_like(input_ids, -100)
     labels[:, ids.shape[1] :] = completion.masked_fill(completion_mask == 0, -100)
-    logp, _ = token_logps(model, input_ids, attention, labels, chunk, plain)
+    logp, _ = token_logps(model, input_ids, attention, labels, chunk, plain, temperature)
     out = torch.zeros(completion.shape, dtype=logp.dtype, device=logp.device)
     out[completion_mask.bool()] = logp  # labelled positions come out in row-major order, as the mask's
     return out
 
 
 def grpo_token_loss(logp, advantages, mask, beta: float = 0.0, ref_logp=None) -> torch.Tensor:
-    """TRL's GRPO loss (ratio 1, dapo normalisation: the sum over answer tokens / their number)."""
+    """TRL's GRPO loss (ratio 1, dapo normalisation: the sum over answer tokens / their number).
+
+    The k3 KL is weighted by the ratio, as TRL's default use_bias_correction_kl does: its value
+    is 1, but its gradient makes the KL term's gradient the unbiased reverse-KL one."""
     ratio = torch.exp(logp - logp.detach())
     per_token = -ratio * advantages[:, None].to(logp)
     if beta:
         d = ref_logp - logp
-        per_token = per_token + beta * (torch.exp(d) - d - 1)
+        per_token = per_token + beta * (torch.exp(d) - d - 1) * ratio
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -126,10 +134,10 @@ def grpo_loss(
     texts = completion_texts(tokenizer, completion, completion_mask)
     scores, means = rewards_of(rewards, inputs, texts, n)
     advantages = group_advantages(scores, n).to(ids.device)
-    logp = policy_logps(model, ids, mask, completion, completion_mask, chunk)
+    logp = policy_logps(model, ids, mask, completion, completion_mask, chunk, temperature=t.temperature)
     ref = None
     if t.strength:
-        ref = _base_logps(model, ids, mask, completion, completion_mask, chunk)
+        ref = _base_logps(model, ids, mask, completion, completion_mask, chunk, t.temperature)
     cm = completion_mask.to(logp)
     loss = grpo_token_loss(logp, advantages, cm, t.strength, ref)
     metrics = {
@@ -142,7 +150,7 @@ def grpo_loss(
     return loss, metrics
 
 
-def _base_logps(model, ids, mask, completion, completion_mask, chunk):
+def _base_logps(model, ids, mask, completion, completion_mask, chunk, temperature: float = 1.0):
     if not hasattr(model, "disable_adapter"):
         raise TrainingError(
             "grpo with train.beta > 0 compares with the base model, which needs an adapter method "
@@ -152,7 +160,7 @@ def _base_logps(model, ids, mask, completion, completion_mask, chunk):
         torch.no_grad(),
         model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext(),
     ):
-        return policy_logps(model, ids, mask, completion, completion_mask, chunk)
+        return policy_logps(model, ids, mask, completion, completion_mask, chunk, temperature=temperature)
 
 
 def _evaluate(model, inputs, t, rewards, tokenizer) -> tuple[torch.Tensor, dict[str, float]]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from smolora.config import RunConfig, TrainSection
 from smolora.data.collate import Collator, pad_batch
 from smolora.data.preference import SHAPES
-from smolora.model.loss import sequence_logps
+from smolora.model.loss import sequence_logps, token_logps
 
 log = logging.getLogger("smolora")
 REFERENCE = {"dpo", "kto"}  # the objectives that compare with a reference model
@@ -127,11 +127,14 @@ def preference_loss(
     beta = t.strength
     if t.objective == "kto":
         return _kto(model, inputs, beta, chunk, plain)
-    logps, n = sequence_logps(
-        model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], chunk, plain
-    )
-    pc, pr = logps.chunk(2)
-    nc, nr = n.chunk(2)
+    if t.objective == "orpo":
+        (pc, pr, nc, nr), nll = _orpo_logps(model, inputs, chunk, plain)
+    else:
+        logps, n = sequence_logps(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], chunk, plain
+        )
+        pc, pr = logps.chunk(2)
+        nc, nr = n.chunk(2)
     metrics = {"logp_chosen": pc.detach().mean().item(), "logp_rejected": pr.detach().mean().item()}
     if t.objective == "dpo":
         rc, rr = _reference(inputs, "ref_chosen", "ref_rejected", pc, pr)
@@ -140,7 +143,6 @@ def preference_loss(
     elif t.objective == "orpo":
         avg_c, avg_r = pc / nc.clamp(min=1), pr / nr.clamp(min=1)
         odds, log_odds = orpo_losses(avg_c, avg_r, beta)
-        nll = -pc.sum() / nc.sum().clamp(min=1)  # SFT on the chosen answers, per token
         loss = nll + odds.mean()
         chosen, rejected = beta * avg_c.detach(), beta * avg_r.detach()
         metrics.update(nll=nll.item(), log_odds=log_odds.detach().mean().item())
@@ -157,6 +159,27 @@ def preference_loss(
         reward_rejected=rejected.mean().item(),
     )
     return loss, metrics
+
+
+def _orpo_logps(model, inputs, chunk, plain):
+    """((chosen, rejected answer log-probabilities, their token counts), ORPO's SFT loss).
+
+    The SFT term is the mean loss over the whole chosen sequence, prompt included, as TRL's ORPO
+    (and the ORPO authors' code) train it; the odds ratio only compares the answers. One pass:
+    the chosen rows are scored at every real token, the answer tokens picked out of them.
+    """
+    ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+    half = ids.shape[0] // 2
+    scored = labels.clone()
+    scored[:half] = ids[:half].masked_fill(mask[:half] == 0, -100)
+    logp, rows = token_logps(model, ids, mask, scored, chunk, plain)
+    answer = (labels[:, 1:] != -100)[scored[:, 1:] != -100]  # row-major, as token_logps returns them
+    zeros = torch.zeros(ids.shape[0], dtype=logp.dtype, device=logp.device)
+    total = zeros.index_add(0, rows[answer], logp[answer])
+    count = zeros.index_add(0, rows[answer], torch.ones_like(logp[answer]))
+    chosen = rows < half
+    nll = -logp[chosen].sum() / chosen.sum().clamp(min=1)
+    return (*total.chunk(2), *count.chunk(2)), nll
 
 
 def _reference(inputs: dict[str, Any], a: str, b: str, pa, pb) -> tuple[torch.Tensor, torch.Tensor]:
