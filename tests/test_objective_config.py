@@ -20,7 +20,7 @@ from helpers import tiny_overrides
 from smolora.cli.main import app
 from smolora.config import load_config
 from smolora.errors import ConfigError, TrainingError
-from smolora.train.rewards import load_rewards, score_rewards
+from smolora.eval.rewards import load_rewards, score_rewards
 from smolora.train.schedule import auto_schedule
 
 runner = CliRunner()

@@ -63,7 +63,6 @@ def eval_cmd(
     Example: smolora eval runs/quickstart --lm-eval smolora_orders --include-path examples/lm_eval
     """
     from smolora.eval.evaluate import evaluate_run
-    from smolora.train.rewards import load_rewards  # a grpo run is scored with its own rewards
 
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
     result = evaluate_run(
@@ -74,7 +73,6 @@ def eval_cmd(
         lm_eval_tasks=tasks,
         include_path=include_path,
         lm_eval_limit=lm_eval_limit,
-        reward_loader=load_rewards,
     )
     print_comparison(result, samples)
 

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from smolora.config import RunConfig, load_config
 from smolora.errors import DatasetError, SmoLoRAError
 from smolora.eval.diagnose import eval_diagnosis
 from smolora.eval.metrics import LOWER_IS_BETTER, METRICS, exact_match, normalize  # noqa: F401 (re-exported)
+from smolora.eval.rewards import load_rewards
 from smolora.runs import (
     ADAPTER_DIR,
     ADAPTER_META,
@@ -247,19 +248,17 @@ def evaluate_run(
     include_path: str | Path | None = None,
     lm_eval_limit: int | None = None,
     report: bool = True,
-    reward_loader: Callable[[list[str]], list] | None = None,
 ) -> dict[str, Any]:
     """Score base and fine-tuned model, write RUN/eval/ (and the report), return what was written.
 
-    A grpo run is scored with `reward_loader(cfg.train.rewards)` (train.rewards.load_rewards:
-    eval sits beside train and does not import it)."""
+    A grpo run is also scored with its own train.rewards (eval/rewards.py), on greedy answers."""
     run_dir = require_run(run_dir)  # a run, or its adapter/ directory
     cfg = run_config(run_dir, overrides)
     require_adapter(run_dir)
     from smolora.eval.preference import starting_point
 
     start = starting_point(cfg)
-    rewards = reward_loader(cfg.train.rewards) if cfg.train.objective == "grpo" and reward_loader else []
+    rewards = load_rewards(cfg.train.rewards) if cfg.train.objective == "grpo" else []
     # Everything that can fail on bad input fails here, before a model is loaded.
     task_manager = None
     if lm_eval_tasks:
@@ -347,8 +346,6 @@ def objective_scores(model, tokenizer, examples, cfg: RunConfig, rewards, scores
     from smolora.eval import preference
 
     shape = preference.shape_of(examples)
-    if shape == "prompts" and not rewards:
-        log.warning("grpo run evaluated without its rewards (pass reward_loader): no reward scores")
     if shape == "prompts" and rewards:
         answer_cfg = cfg.model_copy(
             update={"eval": cfg.eval.model_copy(update={"max_new_tokens": cfg.train.max_completion_length})}

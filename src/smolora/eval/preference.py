@@ -35,7 +35,7 @@ from smolora.data.render import IGNORE, encode_examples
 from smolora.errors import ConfigError
 from smolora.runs import find_adapter_dir
 
-# The data columns a grpo prompt's reference answer may be in (train/rewards.py's built-ins read
+# The data columns a grpo prompt's reference answer may be in (eval/rewards.py's built-ins read
 # the same ones; eval sits beside train, so the names are repeated rather than imported).
 REFERENCE_COLUMNS = ("answer", "reference", "solution", "response", "output", "completion")
 OBJECTIVE_CURVES = {
@@ -192,29 +192,14 @@ def reward_prompts(examples: list[dict]) -> list[dict[str, Any]]:
 def reward_scores(
     rewards: list[tuple[str, Any]], examples: list[dict], answers: list[str]
 ) -> dict[str, float]:
-    """Mean summed reward of `answers` (one per grpo row) and each reward's mean, as reward_<name>."""
-    from smolora.errors import SmoLoRAError
+    """Mean summed reward of `answers` (one per grpo row) and each reward's mean, as reward_<name>:
+    eval/rewards.py's score_rewards, the one training uses."""
+    from smolora.eval.rewards import score_rewards
 
-    if not rewards:
-        raise SmoLoRAError("a grpo run's evaluation needs its train.rewards; none were loaded")
     prompts = [ex["preference"]["prompt"][-1]["content"] for ex in examples]
     columns = [json.loads(json.dumps(ex["preference"]["columns"], default=str)) for ex in examples]
-    keys = sorted({k for c in columns for k in c})
-    by_column = {k: [c.get(k) for c in columns] for k in keys}
-    total = [0.0] * len(answers)
-    means = {}
-    for name, fn in rewards:
-        try:
-            values = [float(v) for v in fn(prompts, answers, **by_column)]
-        except Exception as e:  # a user's function: name it, as training does
-            raise SmoLoRAError(f"train.rewards: {name} failed on the held-out answers: {e}") from None
-        if len(values) != len(answers):
-            raise SmoLoRAError(
-                f"train.rewards: {name} returned {len(values)} values for {len(answers)} answers"
-            )
-        total = [t + v for t, v in zip(total, values, strict=True)]
-        means[f"reward_{name}"] = _mean(values)
-    return {"reward": _mean(total), **means}
+    total, means = score_rewards(rewards, prompts, answers, columns)
+    return {"reward": _mean(total), **{f"reward_{name}": v for name, v in means.items()}}
 
 
 # --- the report's curve --------------------------------------------------------------------

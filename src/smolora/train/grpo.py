@@ -24,8 +24,8 @@ import torch
 
 from smolora.config import TrainSection
 from smolora.errors import TrainingError
+from smolora.eval.rewards import Reward, score_rewards
 from smolora.model.loss import token_logps
-from smolora.train.rewards import Reward, score_rewards
 
 
 def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:

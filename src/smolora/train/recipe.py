@@ -26,6 +26,7 @@ from smolora.data import prepare_data
 from smolora.errors import TrainingError
 from smolora.eval.diagnose import diagnose_run, diagnosis_lines
 from smolora.eval.evaluate import SampleGenerations
+from smolora.eval.rewards import load_rewards
 from smolora.logs import setup_logging
 from smolora.model.adapters import METHODS, continue_adapter, start_adapter, trainable_summary
 from smolora.model.load import load_base, physical_cores, pick_device
@@ -58,7 +59,6 @@ from smolora.train.guards import NonFiniteGuard, UpdateRecorder, is_oom, smaller
 from smolora.train.preference import REFERENCE, collator, reference_logps
 from smolora.train.progress import RunLogger, tracking_env
 from smolora.train.result import save_adapter
-from smolora.train.rewards import load_rewards
 from smolora.train.schedule import StepClock, resolve_schedule
 from smolora.train.speed import apply_fast_path, fast_path
 from smolora.train.stopping import StopOnSignal
