@@ -68,3 +68,77 @@ def print_inspect(report: dict, max_length: int) -> None:
             text.append(piece, style="bold green" if trained else "dim")
         console.rule(f"example {i} (green = trained on, max_length {max_length})")
         console.print(text)
+
+
+@data_app.command("pairs")
+def data_pairs(
+    data: Annotated[str, typer.Argument(help="SFT data file: any shape `smolora data inspect` reads.")],
+    run: Annotated[
+        Path, typer.Option("--run", "-r", help="Finished run whose model writes the rejected answers.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Pairs file to write (default: DATA's name + .pairs.jsonl beside it)."
+        ),
+    ] = None,
+    max_examples: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Read only the first N rows of DATA (default: the run's data.max_examples)."
+        ),
+    ] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")] = 1.0,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tokens per sampled answer (default: the run's eval.max_new_tokens)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: the run's train.seed).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Preference pairs for train.objective=dpo: the reference answer is chosen, the run's own sample rejected.
+
+    Reads DATA with the run's data settings, samples one answer per prompt (batches of
+    eval.batch_size) and keeps the prompts where the sample differs from the reference (case and
+    spacing aside). Writes JSON lines {"prompt", "chosen", "rejected"} (and "system" when the
+    example has one) all at once: data/train.jsonl gives data/train.pairs.jsonl unless --out says
+    otherwise; DATA itself is never overwritten.
+
+    Example: smolora data pairs examples/data/quickstart_train.jsonl --run runs/quickstart --out pairs.jsonl
+    """
+    from smolora.eval.pairs import build_pairs
+
+    result = build_pairs(
+        run,
+        data,
+        out,
+        max_examples=max_examples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        overrides=set_ or [],
+    )
+    c = result["counts"]
+    table = Table(title="pairs", show_header=False)
+    table.add_row("data", f"{data} ({result['format']})")
+    table.add_row("rows read", str(c["read"]))
+    if c["dropped_by_cleaning"] or c["no_answer"]:
+        table.add_row(
+            "not prompts",
+            f"{c['dropped_by_cleaning']} dropped by cleaning, {c['no_answer']} without an answer",
+        )
+    table.add_row("pairs written", str(c["pairs"]))
+    table.add_row("skipped: model gave the reference", str(c["same"]))
+    if c["empty_answer"]:
+        table.add_row("skipped: empty sample", str(c["empty_answer"]))
+    table.add_row(
+        "sampling",
+        f"temperature {result['temperature']}, {result['max_new_tokens']} new tokens, seed {result['seed']}, {result['seconds']} s",
+    )
+    console.print(table)
+    console.print(f"written to {result['out']}")
+    console.print(
+        f"train on it: smolora train CONFIG --set train.objective=dpo --set data.path={result['out']} "
+        f"--set model.adapter={run}",
+        highlight=False,
+    )
