@@ -29,7 +29,10 @@ def data_inspect(
 ) -> None:
     """Show the detected shape, field mapping, counts, token lengths and rendered examples.
 
-    The part of each example the model is trained on is highlighted in green.
+    The part of each example the model is trained on is highlighted in green. Preference data
+    (--set train.objective=dpo|orpo|simpo|kto|grpo, or any file with chosen and rejected
+    columns, read as dpo) shows the token lengths of prompt, chosen and rejected, and the rows
+    training drops (chosen == rejected, an empty prompt or answer) by record number.
 
     Example: smolora data inspect examples/data/quickstart_train.jsonl
     """
@@ -50,9 +53,11 @@ def print_inspect(report: dict, max_length: int) -> None:
     for key in (
         "files",
         "format",
+        "objective",
         "mapping",
         "counts",
         "lengths",
+        "part_lengths",
         "truncated",
         "zero_label_rows",
         "trainable_share",
@@ -62,11 +67,15 @@ def print_inspect(report: dict, max_length: int) -> None:
     console.print(table)
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
+    for f in report.get("flagged", []):  # preference rows the objective drops
+        console.print(f"dropped: record {f['record']}: {', '.join(f['problems'])}", highlight=False)
+    labels = report.get("example_labels", [])
     for i, segments in enumerate(report.get("examples", []), 1):
         text = Text()
         for piece, trained in segments:
             text.append(piece, style="bold green" if trained else "dim")
-        console.rule(f"example {i} (green = trained on, max_length {max_length})")
+        name = labels[i - 1] if i <= len(labels) else f"example {i}"
+        console.rule(f"{name} (green = trained on, max_length {max_length})")
         console.print(text)
 
 

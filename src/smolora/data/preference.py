@@ -107,7 +107,14 @@ def _answer(value: Any, prompt: list[dict]) -> tuple[str, list[dict]]:
         return as_text(value), prompt
     if not turns or turns[-1]["role"] != "assistant":
         raise ValueError("a message list answer must end with an assistant turn")
-    return turns[-1]["content"], prompt or turns[:-1]  # no prompt column: the conversation before it
+    if any(m["role"] == "user" and m["content"].strip() for m in prompt):
+        return turns[-1]["content"], prompt
+    # No prompt column (or none in this row): the conversation before the answer is the prompt. A
+    # system prompt (data.system_prompt, a system column) is all `prompt` then holds: keep it, first.
+    earlier = turns[:-1]
+    own_system = any(m["role"] == "system" for m in earlier)
+    system = [] if own_system else [m for m in prompt if m["role"] == "system"]
+    return turns[-1]["content"], system + earlier
 
 
 def _label(value: Any) -> bool:
