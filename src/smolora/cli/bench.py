@@ -8,6 +8,7 @@ benchmarks/run_peers.py when this is a SmoLoRA checkout (docs/benchmarks.md says
 Run as:
     smolora bench --steps 10 --warmup 2 --json bench.json --docs docs/benchmarks.md
     smolora bench --steps 2 --peers naive,grouped      # a quick look
+    smolora bench --dpo --steps 20 --warmup 2          # our DPO vs TRL's DPOTrainer (bench/dpo.py)
 """
 
 from __future__ import annotations
@@ -55,13 +56,19 @@ def bench(
         bool, typer.Option(help="Also run SmoLoRA with gradient checkpointing (the memory target).")
     ] = True,
     extras: Annotated[bool, typer.Option(help="Load, preprocessing and generation measurements.")] = True,
+    dpo: Annotated[bool, typer.Option("--dpo", help="Instead: our DPO vs TRL's DPOTrainer.")] = False,
+    rounds: Annotated[int, typer.Option(min=1, help="--dpo: runs of each side, alternating.")] = 1,
 ) -> None:
     """Benchmark SmoLoRA training against the peer scripts, one process after another.
 
     Example: smolora bench --steps 10 --warmup 2 --json bench.json
 
     Example: smolora bench --steps 2 --peers naive,grouped --no-lowmem
+
+    Example: smolora bench --dpo --steps 20 --warmup 2 --docs docs/benchmarks.md
     """
+    if dpo:
+        return bench_dpo(model, steps, warmup, threads, rounds, json_out, docs)
     modes, runner = choose_peers(peers, skip_peers)
     peers_dir = runner.shared_bench_dir() if runner else None
     data = data or (peers_dir / "bench.jsonl" if peers_dir else None)
@@ -101,6 +108,40 @@ def bench(
         json_out.write_text(json.dumps(records(report), indent=2) + "\n")
         (json_out.with_suffix(".full.json")).write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"records written to {json_out} (everything: {json_out.with_suffix('.full.json')})")
+
+
+def bench_dpo(
+    model: str,
+    steps: int,
+    warmup: int,
+    threads: int | None,
+    rounds: int,
+    json_out: Path | None,
+    docs: Path | None,
+) -> None:
+    """`--dpo`: the DPO rows (bench/dpo.py), printed; --json / --docs as for the SFT suite."""
+    from smolora.bench.dpo import HEADER as DPO_HEADER
+    from smolora.bench.dpo import dpo_markdown, rows, run_dpo, write_dpo_docs
+    from smolora.bench.dpo import targets as dpo_targets
+
+    command = f"smolora bench --dpo --steps {steps} --warmup {warmup}" + (
+        f" --rounds {rounds}" if rounds > 1 else ""
+    )
+    report = run_dpo(model, steps, warmup, threads, rounds, command=command, progress=console.print)
+    table = Table(title=f"DPO, same pairs/settings ({command})")
+    for i, h in enumerate(DPO_HEADER):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows(report):
+        table.add_row(*row)
+    console.print(table)
+    for row in dpo_targets(report):
+        console.print("  ".join(row))
+    if docs:
+        write_dpo_docs(docs, dpo_markdown(report))
+        console.print(f"written to {docs}")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"report written to {json_out}")
 
 
 def choose_peers(peers: str, skip: bool) -> tuple[list[str], ModuleType | None]:
