@@ -204,6 +204,15 @@ def test_train_from_an_sft_run_continues_its_adapter(tmp_path, tiny_model_dir, t
     lora_b = [k for k in before if "lora_B" in k]
     assert lora_b and any(before[k].abs().sum() > 0 for k in lora_b)  # the SFT adapter had learnt something
     assert any(not (before[k] == after[k]).all() for k in lora_b)  # and DPO moved it further
+    # evaluated against the SFT run it continued, on its pairs or on plain SFT data (--data)
+    from helpers import write_qa
+    from smolora.eval.evaluate import evaluate_run
+
+    on_pairs = evaluate_run(run, report=False)["metrics"]
+    assert on_pairs["base_model"] == str(sft) and "preference_accuracy" in on_pairs["fine_tuned"]
+    on_sft = evaluate_run(run, data_path=str(write_qa(tmp_path / "qa.jsonl", 6)), report=False)["metrics"]
+    assert on_sft["n"] == 6 and "exact_match" in on_sft["fine_tuned"]
+    assert "preference_accuracy" not in on_sft["fine_tuned"]
 
 
 def test_model_adapter_that_is_not_a_run_or_has_another_base(tmp_path, tiny_model_dir, tiny_run):

@@ -187,6 +187,19 @@ def test_dpo_matches_trl(dpo, tok, loss_type, beta):
     assert check(model, ours, t, lambda: dpo.compute_loss(model, theirs)) > 0
 
 
+def test_dpo_with_an_sft_term_matches_trls_sigmoid_plus_sft(dpo, tok):
+    """train.sft_weight = TRL's loss_type [sigmoid, sft] with loss_weights [1, w] (RPO)."""
+    model = dpo.model
+    dpo.loss_types, dpo.loss_weights, dpo.beta = ["sigmoid", "sft"], [1.0, 0.7], 0.1
+    try:
+        theirs = dpo.data_collator(DPO_EXAMPLES)
+        ours = split_refs(our_pairs(tok.pad_token_id), reference(model, our_pairs(tok.pad_token_id)))
+        t = TrainSection(objective="dpo", beta=0.1, sft_weight=0.7)
+        assert check(model, ours, t, lambda: dpo.compute_loss(model, theirs)) > 0.6931 * 0.99
+    finally:
+        dpo.loss_types, dpo.loss_weights = ["sigmoid"], [1.0]
+
+
 def test_dpo_reference_logps_are_trls(dpo, tok):
     """add_reference_logps (run on the adapter-off model) = TRL's reference log-probabilities."""
     model, pairs = dpo.model, datasets.Dataset.from_list(PAIR_ROWS)
@@ -239,7 +252,7 @@ def trl_pairs_batch(trainer):
     return trainer.data_collator(features)
 
 
-@pytest.mark.parametrize("objective", ["orpo", "simpo"])
+@pytest.mark.parametrize("objective", ["orpo", "simpo", "simpo+sft"])
 def test_orpo_and_simpo_match_trl(tok, tmp_path, objective):
     if objective == "orpo":
         from trl.experimental.orpo import ORPOConfig as Config
@@ -250,8 +263,9 @@ def test_orpo_and_simpo_match_trl(tok, tmp_path, objective):
         from trl.experimental.cpo import CPOConfig as Config
         from trl.experimental.cpo import CPOTrainer as Trainer
 
-        settings = {"loss_type": "simpo", "cpo_alpha": 0.0, "beta": 2.0, "simpo_gamma": 0.5}
-        t = TrainSection(objective="simpo", simpo_gamma=0.5)
+        alpha = 0.5 if objective == "simpo+sft" else 0.0  # train.sft_weight is CPO's cpo_alpha
+        settings = {"loss_type": "simpo", "cpo_alpha": alpha, "beta": 2.0, "simpo_gamma": 0.5}
+        t = TrainSection(objective="simpo", simpo_gamma=0.5, sft_weight=alpha)
         assert t.strength == 2.0
     args = Config(**common(tmp_path), per_device_train_batch_size=3, max_length=64, **settings)
     trainer, model = trl_trainer(Trainer, tok, args, TEXT)

@@ -43,6 +43,13 @@ class ObjectiveFields(BaseModel):
         "sigmoid", description="dpo only: sigmoid (DPO), hinge (SLiC) or ipo (IPO)."
     )
     simpo_gamma: float = Field(0.5, ge=0.0, description="simpo only: the target reward margin.")
+    sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="dpo, simpo: add this times the SFT loss on the chosen answers (RPO; TRL's dpo "
+        "loss_type [sigmoid, sft], CPO's cpo_alpha). Keeps the chosen answers likely: pure DPO on "
+        "near-identical pairs can lower both.",
+    )
     num_generations: int = Field(
         4, ge=2, description="grpo: answers sampled per prompt (their rewards are compared in the group)."
     )

@@ -78,7 +78,7 @@ def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str =
 
     if data_path:
         # A saved DatasetDict or hub dataset has named splits; a plain file is read whole.
-        examples = _read(data_path, cfg, cfg.data.model_copy(update={"split": split}))
+        examples = _read(data_path, cfg, cfg.data.model_copy(update={"split": split}), any_shape=True)
         return examples[: cfg.eval.max_examples]
     if split == "validation" and cfg.data.task == "memorize" and not cfg.data.val_path:
         split = "train"  # memorizing has no held-out facts: what it is judged on is their recall
@@ -103,9 +103,10 @@ def held_out_examples(cfg: RunConfig, data_path: str | None = None, split: str =
     return examples[: cfg.eval.max_examples]
 
 
-def _read(path: str | list[str], cfg: RunConfig, data=None) -> list[dict]:
+def _read(path: str | list[str], cfg: RunConfig, data=None, any_shape: bool = False) -> list[dict]:
     """SFT examples of a data file; a preference run's pairs / rows / prompts turned into SFT
-    examples (prompt + chosen answer, see eval/preference.py), so the answer metrics apply."""
+    examples (prompt + chosen answer, see eval/preference.py), so the answer metrics apply.
+    `any_shape` (--data): a preference run may also be scored on plain SFT data (answers only)."""
     from smolora.data.encode import load_examples
 
     data = data or cfg.data
@@ -113,7 +114,12 @@ def _read(path: str | list[str], cfg: RunConfig, data=None) -> list[dict]:
         return load_examples(path, data)[0]
     from smolora.eval.preference import read_preference
 
-    return read_preference(path, data, cfg.train.objective)
+    try:
+        return read_preference(path, data, cfg.train.objective)
+    except DatasetError:
+        if not any_shape:
+            raise
+        return load_examples(path, data)[0]  # e.g. a DPO run against the SFT eval set it started from
 
 
 def data_source(cfg: RunConfig, data_path: str | None, split: str) -> str:

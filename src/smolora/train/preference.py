@@ -152,6 +152,10 @@ def preference_loss(
         chosen, rejected = beta * avg_c.detach(), beta * avg_r.detach()
     else:
         raise ValueError(f"preference_loss: {t.objective} is not a preference objective")
+    if t.sft_weight and t.objective in ("dpo", "simpo"):  # RPO / CPO: SFT on the chosen answers, per token
+        sft = -pc.sum() / nc.sum().clamp(min=1)
+        loss = loss + t.sft_weight * sft
+        metrics["sft_loss"] = sft.item()
     metrics.update(
         reward_accuracy=(chosen > rejected).float().mean().item(),
         reward_margin=(chosen - rejected).mean().item(),
