@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import queue
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,38 @@ class Served:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="smolora-tokenize")
     )
     wake: asyncio.Event | None = None
+    # Work that must not race a forward pass (loading or unloading an adapter): run by the
+    # worker between decoding steps, see `between_steps`.
+    chores: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+
+async def between_steps(served: Served, fn: Any) -> Any:
+    """Run `fn()` in the model's worker between two decoding steps and return its result."""
+    done: Future = Future()
+    served.chores.put((fn, done))
+    if served.wake is not None:
+        served.wake.set()
+    return await asyncio.wrap_future(done)
+
+
+def run_chores(served: Served) -> None:
+    """The worker's side of `between_steps` (called where no forward pass is running)."""
+    while True:
+        try:
+            fn, done = served.chores.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            done.set_result(fn())
+        except Exception as e:  # the caller gets the error; the worker lives on
+            done.set_exception(e)
+
+
+def in_flight(served: Served, name: str) -> int:
+    """Jobs for served name `name` still waiting or decoding."""
+    return len(served.pending.get(name, ())) + sum(
+        job.model == name and job.finish is None for job in served.current
+    )
 
 
 def queued(served: Served) -> int:
@@ -256,8 +289,13 @@ async def batch_loop(served: Served) -> None:
     assert served.wake is not None
     while True:
         while not served.pending:
+            if not served.chores.empty():
+                await asyncio.to_thread(run_chores, served)
+                continue
             served.wake.clear()
             await served.wake.wait()
+        if not served.chores.empty():
+            await asyncio.to_thread(run_chores, served)
         if queued(served) < served.max_batch:
             await asyncio.sleep(served.batch_wait)  # let requests sent together share the batch
         if not served.pending:  # all of them cancelled meanwhile
