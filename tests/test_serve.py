@@ -244,8 +244,8 @@ def test_stop_strings_cut_and_are_never_streamed(tiny_tokenizer):
     while not job.events.empty():
         events.append(job.events.get_nowait())
     loop.close()
-    assert "".join(v for k, v in events if k == "delta") == "order 3 "
-    assert events[-1] == ("done", "stop")
+    assert "".join(v for _, k, v in events if k == "delta") == "order 3 "
+    assert events[-1] == (0, "done", "stop")
 
 
 def test_plain_base_with_named_adapters_and_mismatch(runs, tiny_model_dir, tmp_path):

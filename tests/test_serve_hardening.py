@@ -89,8 +89,12 @@ def test_rows_are_prompts_times_n(server):
     too_many = {**body, "prompt": ["a"] * 64}
     error = is_openai_error(post(server, "/v1/completions", too_many, client="10.0.1.2"), 400, "n")
     assert error["code"] == "too_many_completions"
-    stream = {"model": "tiny", "messages": USER, "n": 2, "stream": True}
-    is_openai_error(post(server, "/v1/chat/completions", stream, client="10.0.1.2"), 400, "n")
+    # n > 1 streams too: every chunk names its choice, and each choice finishes once
+    stream = {"model": "tiny", "messages": USER, "n": 2, "stream": True, "max_tokens": 3}
+    r = post(server, "/v1/chat/completions", stream, client="10.0.1.2")
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    finished = [c["index"] for chunk in chunks for c in chunk["choices"] if c["finish_reason"]]
+    assert sorted(finished) == [0, 1], r.text
 
 
 def fake_job(model: str, client: str) -> Job:
@@ -353,17 +357,21 @@ def test_prompts_are_tokenised_off_the_event_loop_and_a_crash_leaks_nothing(tiny
     )
 
 
-def test_a_failed_batch_answers_with_a_reference_not_the_exception(tiny_run, monkeypatch):
+@pytest.mark.parametrize(
+    "batching, target", [("static", "batching.run_batch"), ("continuous", "engine.Engine.prefill")]
+)
+def test_a_failed_batch_answers_with_a_reference_not_the_exception(tiny_run, monkeypatch, batching, target):
     from fastapi.testclient import TestClient
 
     from smolora.serve.app import create_app
     from smolora.serve.load import load_served
 
-    def broken(served, jobs):
+    def broken(*args):
         raise RuntimeError("secret shape mismatch in /home/someone/model")
 
-    monkeypatch.setattr("smolora.serve.batching.run_batch", broken)
+    monkeypatch.setattr(f"smolora.serve.{target}", broken)
     served = load_served(str(tiny_run), device="cpu")
+    served.batching = batching
     with TestClient(create_app(served), raise_server_exceptions=False) as http:
         r = http.post("/v1/completions", json={"prompt": "Write a", "max_tokens": 2})
         alive = http.get("/health").status_code

@@ -27,6 +27,15 @@ def parse_adapters(items: list[str]) -> dict[str, str]:
     return adapters
 
 
+def one_of(*choices: str):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
 def serve(
     model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
     adapter: Annotated[
@@ -44,6 +53,13 @@ def serve(
         typer.Option(envvar="SMOLORA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."),
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together (1: one at a time).")] = 8,
+    batching: Annotated[
+        str,
+        typer.Option(
+            callback=one_of("continuous", "static"),
+            help="continuous: requests join and leave the batch at every token; static: a batch runs to its end.",
+        ),
+    ] = "continuous",
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for company.")] = 20.0,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: physical cores).")] = None,
     max_tokens_cap: Annotated[int, typer.Option(min=1, help="Most tokens one request may ask for.")] = 2048,
@@ -90,4 +106,5 @@ def serve(
         rate_limit=rate_limit,
         max_body_kb=max_body_kb,
         forwarded_allow_ips=forwarded_allow_ips,
+        batching=batching,
     )

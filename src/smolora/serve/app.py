@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException
 
 from smolora.errors import ConfigError
 from smolora.serve.batching import Served, batch_loop
+from smolora.serve.engine import engine_loop, supports_continuous
 from smolora.serve.limits import body_limit, rate_limited
 from smolora.serve.load import load_served
 from smolora.serve.openai import APIError, error_response, validation_error
@@ -85,7 +86,10 @@ async def lifespan(app: FastAPI):
     """The single batching worker, for as long as the app runs."""
     served = app.state.served
     served.wake = asyncio.Event()
-    worker = asyncio.create_task(batch_loop(served))
+    if served.batching == "continuous" and not supports_continuous(served.model):
+        log.warning("this model's attention (sliding window or recurrent layers) needs static batching")
+        served.batching = "static"
+    worker = asyncio.create_task((engine_loop if served.batching == "continuous" else batch_loop)(served))
     yield
     worker.cancel()
 
@@ -158,6 +162,7 @@ def serve(
     rate_limit: float = 0,
     max_body_kb: int = 1024,
     forwarded_allow_ips: str | None = None,
+    batching: str = "continuous",
 ) -> None:
     """Load, then serve until interrupted."""
     import uvicorn
@@ -170,7 +175,7 @@ def serve(
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", host)
     torch.set_num_threads(threads or physical_cores())
     served = load_served(model_or_run, adapters)
-    served.max_batch, served.batch_wait = max_batch, batch_wait_ms / 1000
+    served.max_batch, served.batch_wait, served.batching = max_batch, batch_wait_ms / 1000, batching
     served.max_tokens_cap, served.request_timeout = max_tokens_cap, request_timeout
     # Both wrap the whole app: a client over its rate, an oversized or a trickling body never reach
     # FastAPI (which parses JSON before any dependency runs, so a dependency would miss broken bodies).

@@ -56,6 +56,13 @@ class Job:
     cancelled: bool = False
     client: str = ""  # who asked (address), for the per-client share of the queue
     seq: int = field(default_factory=lambda: next(ORDER))
+    index: int = 0  # the choice's index in its response (the choices of one request share `events`)
+    logprobs: int | None = None  # None: no log-probabilities; k: each token's and its top k
+    echo_logprobs: bool = False  # also the prompt's own log-probabilities (completions, echo)
+    entries: list[tuple] = field(default_factory=list)  # (token, logprob, top) per generated token
+    prompt_logprobs: list[tuple] = field(default_factory=list)  # the same for the prompt (echo)
+    generator: torch.Generator | None = None  # the row's own random stream (`seed`), else torch's
+    constraint: Any = None  # grammar.Constraint: response_format / a forced tool call
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Served:
     names: dict[str, dict[str, Any]]  # served name -> {"adapter": peft name or None, template, system}
     default: str
     max_batch: int = 8
+    batching: str = "continuous"  # or "static" (this file's batch_loop; kept to measure against)
     batch_wait: float = 0.02
     max_queue: int = 256
     max_tokens_cap: int = 2048  # the most tokens one request may ask for (--max-tokens-cap)
@@ -115,6 +123,11 @@ def in_flight(served: Served, name: str) -> int:
     return len(served.pending.get(name, ())) + sum(
         job.model == name and job.finish is None for job in served.current
     )
+
+
+def emit(job: Job, kind: str, value: str) -> None:
+    """Hand an event of a job to its request (from the worker thread): (choice index, kind, value)."""
+    job.loop.call_soon_threadsafe(job.events.put_nowait, (job.index, kind, value))
 
 
 def queued(served: Served) -> int:
@@ -226,7 +239,7 @@ class BatchControl(StoppingCriteria):
                     safe -= k
                     break
         if safe > job.sent:
-            job.loop.call_soon_threadsafe(job.events.put_nowait, ("delta", text[job.sent : safe]))
+            emit(job, "delta", text[job.sent : safe])
             job.sent = safe
 
 
@@ -237,8 +250,8 @@ def finish(served: Served, job: Job, reason: str) -> None:
     job.sent = len(job.text)
     served.stats["cancelled" if reason == "cancelled" else "completed"] += 1
     if rest:
-        job.loop.call_soon_threadsafe(job.events.put_nowait, ("delta", rest))
-    job.loop.call_soon_threadsafe(job.events.put_nowait, ("done", reason))
+        emit(job, "delta", rest)
+    emit(job, "done", reason)
 
 
 @torch.inference_mode()
@@ -313,7 +326,7 @@ async def batch_loop(served: Served) -> None:
                 if job.finish is None:
                     job.finish = "error"
                     job.events.put_nowait(
-                        ("error", f"generation failed (ref {ref}); the server log has the details")
+                        (job.index, "error", f"generation failed (ref {ref}); the server log has the details")
                     )
         finally:
             for job in jobs:  # a row the criteria never saw (generate ended early) still gets closed

@@ -5,7 +5,7 @@ choice with its own max_tokens, temperature, top-p and stop strings.
 Run as:
     admit(served, client, rows=2, param="n")                      # 400 / 429 when there is no room
     ids = await tokenize(served, chat_prompt_ids, name, req)
-    job = new_job(served, name, ids, req, max_tokens=32, client=client, param="messages")
+    jobs = new_jobs(served, name, [ids], req, max_tokens=32, client=client, param="messages")
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import torch
 from fastapi import Request as HTTPRequest
 
 from smolora.generate import to_messages
@@ -39,31 +40,60 @@ def check_model(served: Served, name: str | None) -> str:
     return name
 
 
-def chat_prompt_ids(served: Served, name: str, req: ChatRequest) -> list[int]:
-    """Render and tokenise a conversation (runs in served.tok_pool, off the event loop)."""
-    entry = served.names[name]
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": flatten_content(m.content)}
-        for m in req.messages
-    ]
-    if not any(m["content"] for m in messages):
+def chat_messages(req: ChatRequest) -> list[dict[str, Any]]:
+    """The request's messages as the chat template wants them (developer is the system turn)."""
+    messages = []
+    for m in req.messages:
+        message: dict[str, Any] = {
+            "role": "system" if m.role == "developer" else m.role,
+            "content": flatten_content(m.content),
+        }
+        if m.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        for key in ("tool_call_id", "name"):
+            if getattr(m, key) is not None:
+                message[key] = getattr(m, key)
+        messages.append(message)
+    if not any(m["content"] or m.get("tool_calls") for m in messages):
         raise APIError(400, "every message is empty; send some text to answer", "messages", "empty_prompt")
-    messages = to_messages(messages, entry["system"])
+    return messages
+
+
+def chat_prompt_ids(served: Served, name: str, req: ChatRequest) -> list[int]:
+    """Render and tokenise a conversation, with its tools (runs in served.tok_pool, off the event loop)."""
+    entry = served.names[name]
     template = entry["template"] or served.tokenizer.chat_template
+    messages, extra = to_messages(chat_messages(req), entry["system"]), {}
+    if req.tools or any(m.tool_calls for m in req.messages):
+        from smolora.serve.tools import template_inputs
+
+        messages, extra = template_inputs(messages, req.tools, req.tool_choice, template)
     try:
         with served.tok_lock:
             text = served.tokenizer.apply_chat_template(
-                messages, chat_template=template, tokenize=False, add_generation_prompt=True
+                messages, chat_template=template, tokenize=False, add_generation_prompt=True, **extra
             )
             return served.tokenizer(text, add_special_tokens=False)["input_ids"]
     except Exception as e:  # the template rejected the conversation (role order, system turn, ...)
         raise APIError(400, f"the chat template cannot render these messages: {e}", "messages") from None
 
 
-def prompt_ids(served: Served, prompts: list[str]) -> list[list[int]]:
-    """Tokenise completion prompts (runs in served.tok_pool, off the event loop)."""
+def prompt_ids(served: Served, prompts: list[str] | list[list[int]]) -> list[list[int]]:
+    """Tokenise completion prompts, or check token-id prompts (runs in served.tok_pool, off the event loop)."""
+    vocab = served.model.get_input_embeddings().num_embeddings
+    for p in prompts:
+        if not isinstance(p, str) and max(p) >= vocab:
+            raise APIError(
+                400, f"prompt: token id {max(p)} is outside this model's vocabulary of {vocab}", "prompt"
+            )
     with served.tok_lock:
-        return [served.tokenizer(p)["input_ids"] for p in prompts]
+        return [served.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
+
+
+def prompt_texts(served: Served, prompts: list[str] | list[list[int]]) -> list[str]:
+    """What an echoed prompt reads as: the text sent, or the decoded token ids."""
+    with served.tok_lock:
+        return [p if isinstance(p, str) else served.tokenizer.decode(p) for p in prompts]
 
 
 async def tokenize(served: Served, fn: Any, *args: Any) -> Any:
@@ -99,6 +129,44 @@ def admit(served: Served, client: str, rows: int, param: str) -> None:
         )
 
 
+def new_jobs(
+    served: Served,
+    name: str,
+    prompts: list[list[int]],
+    req: BaseRequest,
+    max_tokens: int | None,
+    client: str,
+    param: str,
+    logprobs: int | None = None,
+    echo: bool = False,
+    constraint: Any = None,
+) -> list[Job]:
+    """Every prompt times every choice, indexed as OpenAI does (prompt i, choice j: i * n + j),
+    sharing one event queue; each with its own seeded generator and grammar state."""
+    n = req.n or 1
+    if served.batching == "static" and (
+        logprobs is not None or constraint is not None or req.seed is not None
+    ):
+        raise APIError(
+            400,
+            "logprobs, echo, seed, response_format and tools need continuous batching; "
+            "restart the server without --batching static",
+            "logprobs" if logprobs is not None else None,
+        )
+    events: asyncio.Queue = asyncio.Queue()
+    jobs = []
+    for i, ids in enumerate(prompts):
+        for j in range(n):
+            job = new_job(served, name, ids, req, max_tokens, client, param)
+            job.index, job.events, job.logprobs = i * n + j, events, logprobs
+            job.echo_logprobs = echo and logprobs is not None
+            if req.seed is not None:  # choice j draws from seed + j: n choices differ, reruns repeat
+                job.generator = torch.Generator().manual_seed((req.seed + j) % 2**63)
+            job.constraint = constraint() if constraint is not None else None
+            jobs.append(job)
+    return jobs
+
+
 def new_job(
     served: Served,
     name: str,
@@ -118,6 +186,8 @@ def new_job(
             param,
             "context_length_exceeded",
         )
+    if max_tokens == 0 and not getattr(req, "echo", False):
+        raise APIError(400, "max_tokens=0 asks for nothing; it is only useful with echo", "max_tokens")
     if max_tokens is not None and max_tokens > served.max_tokens_cap:
         raise APIError(
             400,
@@ -135,7 +205,7 @@ def new_job(
     return Job(
         model=name,
         ids=ids,
-        max_tokens=max_tokens or min(room, served.max_tokens_cap, 512),
+        max_tokens=min(room, served.max_tokens_cap, 512) if max_tokens is None else max_tokens,
         # null means OpenAI's default, 1 (as generate()'s); `greedy` in generate.py says when it is greedy
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,

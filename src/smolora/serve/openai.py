@@ -3,8 +3,8 @@ model cards, usage, server-sent events and errors, `{"error": {"message", "type"
 
 Run as:
     reply = new_reply("chat", "quickstart")
-    response(reply, [("Hello!", "stop")], usage(jobs))                  # the whole answer
-    sse(response(reply, [("Hel", None)], chunk=True))                   # one event of a stream
+    response(reply, [{"index": 0, "text": "Hello!", "finish": "stop"}], usage(jobs))  # the whole answer
+    sse(response(reply, [{"index": 0, "text": "Hel"}], chunk=True))                  # one stream event
     raise APIError(400, "n > 1 is not supported when streaming", "n")  # becomes a 400 in this shape
 """
 
@@ -38,14 +38,15 @@ def new_reply(kind: str, model: str) -> dict[str, Any]:
 
 def response(
     reply: dict[str, Any],
-    choices: list[tuple[str, str | None]],
+    choices: list[dict[str, Any]],
     usage: dict[str, int] | None = None,
     chunk: bool = False,
     first: bool = False,
 ) -> dict[str, Any]:
     """The body for `reply`: the whole response, or (chunk=True) one event of its stream.
 
-    `choices` are (text, finish reason), in index order; `first` marks a stream's opening chunk.
+    Each choice is {"index", "text", "finish", and optionally "logprobs", "tool_calls"} (choices.py
+    builds them); `first` marks a stream's opening chunk.
     """
     kind = reply["kind"]
     _, whole, part = SHAPES[kind]
@@ -55,8 +56,13 @@ def response(
         "created": reply["created"],
         "model": reply["model"],
         "choices": [
-            {"index": i, **content(kind, text, chunk, first), "logprobs": None, "finish_reason": reason}
-            for i, (text, reason) in enumerate(choices)
+            {
+                "index": c["index"],
+                **content(kind, c, chunk, first),
+                "logprobs": c.get("logprobs"),
+                "finish_reason": c.get("finish"),
+            }
+            for c in choices
         ],
     }
     if usage is not None:
@@ -64,16 +70,50 @@ def response(
     return body
 
 
-def content(kind: str, text: str, chunk: bool, first: bool) -> dict[str, Any]:
+def content(kind: str, choice: dict[str, Any], chunk: bool, first: bool) -> dict[str, Any]:
     """A choice's text: `text` for completions; for chat the `message`, or in a stream the `delta`,
     which names the role in the opening chunk and after that holds only new text (or nothing)."""
+    text, calls = choice.get("text", ""), choice.get("tool_calls")
     if kind == "completion":
         return {"text": text}
     if not chunk:
-        return {"message": {"role": "assistant", "content": text}}
-    if first:
-        return {"delta": {"role": "assistant", "content": text}}
-    return {"delta": {"content": text} if text else {}}
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+        return {"message": {**message, "tool_calls": calls} if calls else message}
+    delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
+    if text and not first:
+        delta["content"] = text
+    if calls:
+        delta["tool_calls"] = calls
+    return {"delta": delta}
+
+
+def chat_logprobs(entries: list[tuple], text_of: Any) -> dict[str, Any]:
+    """Chat's shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}, ...]}."""
+
+    def one(token: int, logprob: float) -> dict[str, Any]:
+        text = text_of(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {
+        "content": [{**one(t, lp), "top_logprobs": [one(i, v) for i, v in top]} for t, lp, top in entries],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(entries: list[tuple], text_of: Any, offset: int = 0) -> dict[str, Any]:
+    """Completions' shape: parallel lists of tokens, their log-probabilities, the top ones (a dict
+    per token, null for an echoed first token) and each token's character offset in the text."""
+    tokens = [text_of(t) for t, _, _ in entries]
+    offsets = []
+    for text in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for _, lp, _ in entries],
+        "top_logprobs": [None if top is None else {text_of(i): v for i, v in top} for _, _, top in entries],
+        "text_offset": offsets,
+    }
 
 
 def usage(jobs: list[Job], n: int = 1) -> dict[str, int]:

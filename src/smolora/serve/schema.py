@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from smolora.serve.batching import Served
 
@@ -20,9 +20,14 @@ MAX_TOKENS_CEILING = 32768  # schema bound; the model's context is checked per r
 MAX_PROMPTS = 64  # prompts in one /v1/completions list; each is a row of the shared queue
 MAX_N = 16  # choices per prompt
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings are matched after every token of every row
+MAX_TOP_LOGPROBS = 20  # as vLLM (OpenAI: 20 for chat, 5 for completions)
+MAX_TOOLS = 128  # as OpenAI
 
 Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 Prompt = Annotated[str, Field(min_length=1)]  # an empty prompt gives the model nothing to continue
+TokenIds = Annotated[
+    list[Annotated[int, Field(ge=0)]], Field(min_length=1)
+]  # checked against the vocab later
 
 
 class StreamOptions(BaseModel):
@@ -42,6 +47,7 @@ class BaseRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = Field(None, description="vLLM extension: decode through end-of-sequence.")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="Same seed, same sampled text.")
 
 
 class TextPart(BaseModel):
@@ -50,24 +56,77 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = Field("", max_length=1 << 20)
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = Field(None, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None  # an assistant's calls
+    tool_call_id: str | None = Field(None, max_length=256)  # a tool's answer names the call it answers
+    name: str | None = Field(None, max_length=256)
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str | None = Field(None, max_length=256)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class ChatRequest(BaseRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
     logprobs: bool | None = None
-    tools: list[Any] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+def prompt_kind(value: Any) -> str:
+    """Which of the four prompt shapes a value is meant to be, judged by its first item, so an
+    error names the part that is wrong (`prompt.1`), not one complaint per shape."""
+    if isinstance(value, list) and value:
+        first = value[0]
+        if isinstance(first, int) and not isinstance(first, bool):
+            return "list[int]"
+        return "list[list[int]]" if isinstance(first, list) else "list[str]"
+    return "list[str]" if isinstance(value, list) else "str"
 
 
 class CompletionRequest(BaseRequest):
-    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)]
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, description="Default 16, as OpenAI's.")
+    prompt: Annotated[
+        Annotated[Prompt, Tag("str")]
+        | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS), Tag("list[str]")]
+        | Annotated[TokenIds, Tag("list[int]")]
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS), Tag("list[list[int]]")],
+        Discriminator(prompt_kind),
+    ] = Field(description="Text, a list of texts, token ids, or a list of token-id lists.")
+    max_tokens: int | None = Field(
+        None, ge=0, le=MAX_TOKENS_CEILING, description="Default 16, as OpenAI's; 0 only with echo."
+    )
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: int | None = Field(None, ge=1, le=1)
 
 
