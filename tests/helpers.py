@@ -194,6 +194,20 @@ def last_commit(fake_hub) -> dict:
 # --- smolora serve as a subprocess -------------------------------------------------------------
 
 
+def other_adapter(run, root):
+    """A second adapter for the same base without a second training: the first one, its B matrices scaled."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = root / "runs" / "second"
+    shutil.copytree(run / "adapter", out / "adapter")
+    weights = out / "adapter" / "adapter_model.safetensors"
+    tensors = {k: v * -20 if "lora_B" in k else v for k, v in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return out
+
+
 def start_server(run, tmp_path_factory, *flags):
     """A `smolora serve` subprocess of run on a free port, once /health answers: (process, url, log)."""
     import httpx

@@ -13,21 +13,9 @@ import openai
 import pytest
 import torch
 
-from helpers import start_server
+from helpers import other_adapter, start_server
 
 KEY = "test-key"
-
-
-def other_adapter(run, root):
-    """A second adapter for the same base without a second training: the first one, its B matrices scaled."""
-    from safetensors.torch import load_file, save_file
-
-    out = root / "runs" / "second"
-    shutil.copytree(run / "adapter", out / "adapter")
-    weights = out / "adapter" / "adapter_model.safetensors"
-    tensors = {k: v * -20 if "lora_B" in k else v for k, v in load_file(weights).items()}
-    save_file(tensors, weights, metadata={"format": "pt"})
-    return out
 
 
 @pytest.fixture(scope="module")
