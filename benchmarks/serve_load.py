@@ -1,13 +1,14 @@
-"""Load test for `smolora serve`: N chat requests at a fixed concurrency, batched vs one at a time.
+"""Load test for `smolora serve`: static vs continuous batching at several concurrencies.
 
-Starts the server twice as a subprocess (`--max-batch CONCURRENCY`, then `--max-batch 1`),
-sends the same requests through httpx from CONCURRENCY closed-loop clients, and reports
-throughput (requests/s, generated tokens/s) and p50/p99 latency per mode. Greedy decoding
-with a fixed max_tokens keeps the work comparable between the two modes.
+For each concurrency (default 1, 8 and 32) and each mode (`--batching static`, `--batching
+continuous`, both with `--max-batch` = the concurrency) it starts the server as a subprocess,
+sends the same streamed greedy chat requests from that many closed-loop clients, and reports
+throughput (requests/s, generated tokens/s), p50/p99 latency and p50/p99 time to first token.
+Answers end at end-of-turn or max_tokens, so their lengths vary as real traffic does.
 
 Run as:
-    python benchmarks/serve_load.py runs/quickstart --n 200 --concurrency 8
-    # or from Python: run_serve_bench("runs/quickstart", n=200, concurrency=8)
+    python benchmarks/serve_load.py runs/quickstart --concurrency 1,8,32 --max-tokens 32
+    # or from Python: run_serve_bench("runs/quickstart", concurrency=[8])
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def start_server(
 
 
 async def fire(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
-    """n requests from `concurrency` clients that each send the next one when the last returns."""
+    """n streamed requests from `concurrency` clients that each send the next one when the last
+    returns; time to first token is when the first text arrives."""
     latencies: list[float] = []
+    first_tokens: list[float] = []
     tokens = 0
     counter = iter(range(n))
 
@@ -78,66 +81,106 @@ async def fire(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
                 "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                 "max_tokens": max_tokens,
                 "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
             }
             start = time.perf_counter()
-            r = await http.post(f"{url}/v1/chat/completions", json=body)
-            r.raise_for_status()
+            first = None
+            async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    chunk = json.loads(line[6:])
+                    if first is None and any(c["delta"].get("content") for c in chunk["choices"]):
+                        first = time.perf_counter() - start
+                    if chunk.get("usage"):
+                        tokens += chunk["usage"]["completion_tokens"]
             latencies.append(time.perf_counter() - start)
-            tokens += r.json()["usage"]["completion_tokens"]
+            first_tokens.append(first if first is not None else latencies[-1])
 
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=600) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     wall = time.perf_counter() - start
-    latencies.sort()
     return {
         "requests": n,
         "wall_s": round(wall, 2),
         "requests_per_s": round(n / wall, 3),
         "tokens_per_s": round(tokens / wall, 1),
         "completion_tokens": tokens,
-        "p50_latency_s": round(statistics.median(latencies), 3),
-        "p99_latency_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3),
+        "p50_latency_s": round(percentile(latencies, 0.5), 3),
+        "p99_latency_s": round(percentile(latencies, 0.99), 3),
+        "p50_ttft_s": round(percentile(first_tokens, 0.5), 3),
+        "p99_ttft_s": round(percentile(first_tokens, 0.99), 3),
     }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return statistics.median(ordered) if q == 0.5 else ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_serve_bench(
     model_path: str | Path,
-    n: int = 200,
-    concurrency: int = 8,
+    n: int | None = None,
+    concurrency: int | list[int] = (1, 8, 32),
     max_tokens: int = 32,
     threads: int | None = None,
+    modes: tuple[str, ...] = ("static", "continuous"),
 ) -> dict[str, Any]:
-    """Serve `model_path` batched and one-at-a-time; return both measurements and the speed-up."""
-    result: dict[str, Any] = {
-        "model": str(model_path),
-        "n": n,
-        "concurrency": concurrency,
-        "max_tokens": max_tokens,
-    }
+    """Serve `model_path` with each batching mode (`--max-batch` = the concurrency, so static
+    batching gets its best case) and measure every concurrency: {"c8": {"static": {...}, ...}}.
+    n defaults to 4 requests per client (at least 12)."""
+    levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
+    result: dict[str, Any] = {"model": str(model_path), "max_tokens": max_tokens, "levels": levels}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode, max_batch in (("batched", concurrency), ("one_at_a_time", 1)):
-            proc, url = start_server(str(model_path), max_batch, threads, Path(tmp) / f"{mode}.log")
-            try:
-                served = httpx.get(f"{url}/health", timeout=10).json()
-                model = served["models"][-1]  # the run's adapter (the base when serving a plain model)
-                asyncio.run(fire(url, model, min(concurrency, n), concurrency, max_tokens))  # warm-up
-                before = httpx.get(f"{url}/health", timeout=10).json()["batches"]
-                result[mode] = {
-                    **asyncio.run(fire(url, model, n, concurrency, max_tokens)),
-                    "max_batch": max_batch,
+        for c in levels:
+            count = n or max(12, 4 * c)
+            row: dict[str, Any] = {"n": count}
+            for mode in modes:
+                extra = ["--batching", mode, "--rate-limit", "0"]
+                proc, url = start_server(str(model_path), c, threads, Path(tmp) / f"{mode}-{c}.log", extra)
+                try:
+                    served = httpx.get(f"{url}/health", timeout=10).json()
+                    model = served["models"][-1]  # the run's adapter (the base when serving a plain model)
+                    asyncio.run(fire(url, model, c, c, max_tokens))  # warm-up
+                    before = httpx.get(f"{url}/health", timeout=10).json()["batches"]
+                    row[mode] = asyncio.run(fire(url, model, count, c, max_tokens))
+                    # static: generate() calls; continuous: prefills (requests joining the batch)
+                    row[mode]["batches"] = httpx.get(f"{url}/health", timeout=10).json()["batches"] - before
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+            if "static" in row and "continuous" in row:
+                s, k = row["static"], row["continuous"]
+                row["throughput_x"] = round(k["tokens_per_s"] / s["tokens_per_s"], 2)
+                row["p99_over_p50"] = {
+                    m: round(row[m]["p99_latency_s"] / row[m]["p50_latency_s"], 2) for m in modes
                 }
-                # generate() calls the measured requests took: n one at a time, ~n/concurrency batched
-                result[mode]["batches"] = httpx.get(f"{url}/health", timeout=10).json()["batches"] - before
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+            result[f"c{c}"] = row
     result["model_name"] = model
-    result["speedup"] = round(
-        result["batched"]["requests_per_s"] / result["one_at_a_time"]["requests_per_s"], 2
-    )
     result["device"] = served.get("device")
     return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The markdown table docs/benchmarks.md shows."""
+    lines = [
+        "| concurrency | batching | requests | tokens/s | p50 latency | p99 latency | p99/p50 | p50 TTFT | p99 TTFT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["levels"]:
+        row = result[f"c{c}"]
+        for mode in ("static", "continuous"):
+            if mode in row:
+                m = row[mode]
+                ratio = m["p99_latency_s"] / m["p50_latency_s"]
+                lines.append(
+                    f"| {c} | {mode} | {m['requests']} | {m['tokens_per_s']} | {m['p50_latency_s']} s | "
+                    f"{m['p99_latency_s']} s | {ratio:.2f} | {m['p50_ttft_s']} s | {m['p99_ttft_s']} s |"
+                )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -145,15 +188,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model_path", help="Run directory or model name to serve.")
-    parser.add_argument("--n", type=int, default=200, help="Requests per mode.")
-    parser.add_argument("--concurrency", type=int, default=8, help="Clients sending at the same time.")
+    parser.add_argument(
+        "--n", type=int, default=None, help="Requests per mode and level (default 4 per client)."
+    )
+    parser.add_argument(
+        "--concurrency", default="1,8,32", help="Clients sending at the same time, comma-separated levels."
+    )
     parser.add_argument("--max-tokens", type=int, default=32, help="Tokens generated per request.")
     parser.add_argument("--threads", type=int, default=None, help="Server CPU threads.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the result here.")
     args = parser.parse_args()
-    result = run_serve_bench(args.model_path, args.n, args.concurrency, args.max_tokens, args.threads)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    result = run_serve_bench(args.model_path, args.n, levels, args.max_tokens, args.threads)
     text = json.dumps(result, indent=2)
     print(text)
+    print(table(result))
     if args.json:
         args.json.write_text(text + "\n")
 
