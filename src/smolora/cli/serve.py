@@ -83,6 +83,24 @@ def serve(
             "default: none, not even loopback."
         ),
     ] = None,
+    adapter_dir: Annotated[
+        str | None,
+        typer.Option(help="Allow POST /v1/adapters to load adapters from runs inside this directory."),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            callback=one_of("smolora", "vllm"),
+            help="smolora: this server; vllm: launch vLLM's OpenAI server for the run "
+            "(host, port and API key forwarded; the other options are this server's).",
+        ),
+    ] = "smolora",
+    vllm_python: Annotated[
+        str | None,
+        typer.Option(
+            help="A python that has vllm (default: .venv-vllm/bin/python, which `make vllm` builds)."
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
 
@@ -90,6 +108,10 @@ def serve(
 
     Example: smolora serve runs/quickstart --adapter other=runs/other --port 8000
     """
+    if engine == "vllm":
+        from smolora.serve.vllm import launch
+
+        launch(model, parse_adapters(adapter or []), host, port, api_key, vllm_python)  # never returns
     from smolora.serve.app import serve as run_server
 
     run_server(
@@ -107,4 +129,5 @@ def serve(
         max_body_kb=max_body_kb,
         forwarded_allow_ips=forwarded_allow_ips,
         batching=batching,
+        adapter_dir=adapter_dir,
     )

@@ -48,6 +48,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from smolora.errors import ConfigError
+from smolora.serve.admin import add_admin_routes
 from smolora.serve.batching import Served, batch_loop
 from smolora.serve.engine import engine_loop, supports_continuous
 from smolora.serve.limits import body_limit, rate_limited
@@ -59,10 +60,11 @@ from smolora.serve.schema import ERRORS, READ_ERRORS, narrow_schema
 log = logging.getLogger("smolora")
 
 
-def create_app(served: Served, api_key: str | None = None) -> Any:
+def create_app(served: Served, api_key: str | None = None, adapter_dir: str | None = None) -> Any:
     """The FastAPI app around a loaded `Served`: its route table and its errors in OpenAI's shape."""
     app = FastAPI(title="SmoLoRA", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.served, app.state.api_key = served, api_key  # what the routes read from request.app
+    app.state.adapter_dir, app.state.adapters_busy = adapter_dir, set()  # admin.py: hot-loaded adapters
     app.openapi = functools.partial(narrowed_openapi, app)  # type: ignore[method-assign]
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -78,6 +80,7 @@ def create_app(served: Served, api_key: str | None = None) -> Any:
     app.add_api_route(
         "/v1/completions", completions, methods=["POST"], dependencies=guarded, responses=ERRORS
     )
+    add_admin_routes(app, guarded)  # /v1/adapters, /tokenize, /detokenize
     return app
 
 
@@ -163,6 +166,7 @@ def serve(
     max_body_kb: int = 1024,
     forwarded_allow_ips: str | None = None,
     batching: str = "continuous",
+    adapter_dir: str | None = None,
 ) -> None:
     """Load, then serve until interrupted."""
     import uvicorn
@@ -179,7 +183,7 @@ def serve(
     served.max_tokens_cap, served.request_timeout = max_tokens_cap, request_timeout
     # Both wrap the whole app: a client over its rate, an oversized or a trickling body never reach
     # FastAPI (which parses JSON before any dependency runs, so a dependency would miss broken bodies).
-    app = create_app(served, api_key)
+    app = create_app(served, api_key, adapter_dir)
     app = body_limit(app, max_body_kb * 1024, read_timeout=min(30.0, request_timeout))
     app = rate_limited(app, rate_limit)
     log.info("serving %s on http://%s:%d/v1 (max batch %d)", ", ".join(served.names), host, port, max_batch)

@@ -63,6 +63,7 @@ class Job:
     prompt_logprobs: list[tuple] = field(default_factory=list)  # the same for the prompt (echo)
     generator: torch.Generator | None = None  # the row's own random stream (`seed`), else torch's
     constraint: Any = None  # grammar.Constraint: response_format / a forced tool call
+    adapter: str | None = None  # peft name taken at admission (None: its name's), kept past a DELETE
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Served:
     max_tokens_cap: int = 2048  # the most tokens one request may ask for (--max-tokens-cap)
     request_timeout: float = 300.0  # seconds a request may wait and decode (--request-timeout)
     context: int = 2048
+    meta: dict[str, Any] = field(default_factory=dict)  # the served run's (base, surgery): admin.py checks
     # served name -> waiting jobs, oldest first (a dict as an ordered set: O(1) removal)
     pending: dict[str, dict[Job, None]] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)  # client -> its jobs in `pending`
@@ -116,6 +118,11 @@ def run_chores(served: Served) -> None:
             done.set_result(fn())
         except Exception as e:  # the caller gets the error; the worker lives on
             done.set_exception(e)
+
+
+def peft_name(served: Served, job: Job) -> str | None:
+    """The row's adapter: the one taken at admission (an unloaded name's rows keep it), else its name's."""
+    return job.adapter if job.adapter is not None else served.names[job.model]["adapter"]
 
 
 def in_flight(served: Served, name: str) -> int:
@@ -279,7 +286,7 @@ def run_batch(served: Served, jobs: list[Job]) -> None:
     if sample:
         temperature = torch.tensor([j.temperature for j in jobs], device=device)
         processors.append(RowSampling(temperature, torch.tensor([j.top_p for j in jobs], device=device)))
-    adapter = served.names[jobs[0].model]["adapter"]
+    adapter = peft_name(served, jobs[0])
     if adapter is not None:
         model.set_adapter(adapter)
     off = (

@@ -37,10 +37,36 @@ import torch
 import torch.nn.functional as F
 
 from smolora.generate import end_token_ids, plain_generation
-from smolora.serve.batching import BatchControl, Job, Served, emit, finish, queued, run_chores, unqueue
+from smolora.serve.batching import (
+    BatchControl,
+    Job,
+    Served,
+    emit,
+    finish,
+    peft_name,
+    queued,
+    run_chores,
+    unqueue,
+)
 from smolora.serve.pick import entry, pick_tokens, prompt_entries
 
 log = logging.getLogger("smolora")
+
+
+def cache_argument() -> str:
+    """transformers renamed the forward's `past_key_values` to `cache` (5.2x); the name this one takes."""
+    import inspect
+
+    from transformers import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+CACHE_ARG = cache_argument()
+
+
+def cache_of(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 @dataclass
@@ -92,16 +118,15 @@ class Engine:
     @contextlib.contextmanager
     def adapters(self, key: str | None, rows: list[Job]):
         """Forward keyword arguments that make each row use its served model's adapter."""
-        names = self.served.names
         if not self.peft:
             yield {}
         elif self.mixed:
-            yield {"adapter_names": [names[j.model]["adapter"] or "__base__" for j in rows]}
-        elif names[key]["adapter"] is None:
+            yield {"adapter_names": [peft_name(self.served, j) or "__base__" for j in rows]}
+        elif peft_name(self.served, rows[0]) is None:  # a lane's rows share one served name
             with self.model.disable_adapter():
                 yield {}
         else:
-            self.model.set_adapter(names[key]["adapter"])
+            self.model.set_adapter(peft_name(self.served, rows[0]))
             yield {}
 
     def forward(self, key: str | None, rows: list[Job], **inputs: Any) -> Any:
@@ -140,7 +165,7 @@ class Engine:
         index = torch.tensor(keep, device=self.device)
         new = Lane(
             rows=[jobs[i] for i in keep],
-            cache=out.past_key_values,
+            cache=cache_of(out),
             mask=mask.to(self.device)[index],
             pos=torch.tensor([len(jobs[i].ids) for i in keep], device=self.device),
             logits=logits[index],
@@ -178,7 +203,7 @@ class Engine:
             input_ids=kept[:, None],
             attention_mask=lane.mask,
             position_ids=lane.pos[:, None],
-            past_key_values=lane.cache,
+            **{CACHE_ARG: lane.cache},
         )
         lane.pos = lane.pos + 1
         lane.logits = out.logits[:, -1, :].float()

@@ -213,4 +213,5 @@ def new_job(
         ignore_eos=bool(req.ignore_eos),
         loop=asyncio.get_running_loop(),
         client=client,
+        adapter=served.names[check_model(served, name)]["adapter"],  # 404 once unloaded
     )

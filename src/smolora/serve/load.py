@@ -68,7 +68,7 @@ def load_served(
     model.eval()
     default = primary_name if primary_name in names else next(iter(names))
     context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    return Served(model=model, tokenizer=tokenizer, names=names, default=default, context=context)
+    return Served(model=model, tokenizer=tokenizer, names=names, default=default, context=context, meta=meta)
 
 
 def load_extra_adapter(
