@@ -1,23 +1,24 @@
 """An OpenAI-compatible HTTP API for a run, with several adapters on one base and batched decoding.
 
 Endpoints: GET /v1/models, POST /v1/chat/completions (plain or SSE streaming),
-POST /v1/completions, GET /health. The request's `model` picks the base model or any loaded
-adapter; all adapters share one base in memory (PEFT `load_adapter` / `set_adapter`, the base
-through `disable_adapter`).
+POST /v1/completions, POST/DELETE /v1/adapters, POST /tokenize and /detokenize, GET /health.
+The request's `model` picks the base model or any loaded adapter; all adapters share one base
+in memory (PEFT `load_adapter`; plain LoRA adapters and the base even share one batch).
 
-Batching (`batching.py`): requests wait in a queue; a single worker takes the oldest
-request plus every other waiting request for the same model (up to --max-batch) and decodes
-them in one `generate()` call. Admission counts rows (each prompt of a list, times `n`): the
-queue holds 256, one client at most half of it (429 with Retry-After beyond). Prompts are
-tokenised in a thread, so a long one never stalls the event loop. Each row keeps its own
-max_tokens, temperature, top_p and stop strings; a row whose client went away is stopped at
-the next token, which frees its slot. This is static batching: requests arriving mid-batch
-wait for the next one.
+Batching: requests wait in a queue (`batching.py`); admission counts rows (each prompt of a
+list, times `n`): the queue holds 256, one client at most half of it (429 with Retry-After
+beyond). Prompts are tokenised in a thread, so a long one never stalls the event loop. The
+single worker is `engine.py`'s continuous batching (rows join at the next decoding step and
+leave when they finish), or with `--batching static` `batching.py`'s one `generate()` per batch.
+Each row keeps its own max_tokens, temperature, top_p, stop strings, seed and log-probability
+settings; a row whose client went away is stopped at the next token, which frees its slot.
 
 This file is the route table and `serve()`; the rest, one thing a file: `schema.py` (request
-bodies), `routes.py` (the route functions), `jobs.py` (a request into queued rows), `stream.py`
-(rows back to the client, whole or streamed), `openai.py` (every response, chunk and error
-shape), `load.py` (the models and adapters), `limits.py` (body size, rate limit).
+bodies), `routes.py` (the route functions), `jobs.py` (a request into queued rows), `engine.py`
+and `pick.py` (decoding), `choices.py` and `stream.py` (rows back to the client, whole or
+streamed), `openai.py` (every response, chunk and error shape), `load.py` (the models and
+adapters), `admin.py` (adapters at run time, tokenize), `limits.py` (body size, rate limit),
+`vllm.py` (`--engine vllm`).
 
 Errors follow OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 4xx for
 anything the client can fix, including unknown routes and methods; an unexpected failure is a
@@ -28,7 +29,7 @@ proxies named by `--forwarded-allow-ips`.
 
 Run as:
     smolora serve runs/quickstart --adapter other=runs/other --port 8000
-    curl localhost:8000/v1/chat/completions -d '{"model": "quickstart", "messages": [{"role": "user", "content": "Hi"}]}'
+    curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{"model": "quickstart", "messages": [{"role": "user", "content": "Hi"}]}'
 """
 
 from __future__ import annotations
