@@ -36,6 +36,57 @@ def one_of(*choices: str):
     return check
 
 
+# The longer option declarations, named here so `serve` below stays readable.
+BatchingOption = Annotated[
+    str,
+    typer.Option(
+        callback=one_of("continuous", "static"),
+        help="continuous: requests join and leave the batch at every token; static: a batch runs to its end.",
+    ),
+]
+
+RequestTimeoutOption = Annotated[
+    float, typer.Option(min=1, help="Seconds a request may queue and decode before a 504.")
+]
+
+RateLimitOption = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="Requests per minute per client address (see --forwarded-allow-ips behind a proxy); 0: no limit.",
+    ),
+]
+
+MaxBodyKbOption = Annotated[int, typer.Option(min=1, help="Largest request body accepted (413 beyond).")]
+
+ForwardedAllowIpsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Proxies whose X-Forwarded-For names the client (comma-separated IPs or networks); "
+        "default: none, not even loopback."
+    ),
+]
+
+AdapterDirOption = Annotated[
+    str | None,
+    typer.Option(help="Allow POST /v1/adapters to load adapters from runs inside this directory."),
+]
+
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        callback=one_of("smolora", "vllm"),
+        help="smolora: this server; vllm: launch vLLM's OpenAI server for the run "
+        "(host, port and API key forwarded; the other options are this server's).",
+    ),
+]
+
+VllmPythonOption = Annotated[
+    str | None,
+    typer.Option(help="A python that has vllm (default: .venv-vllm/bin/python, which `make vllm` builds)."),
+]
+
+
 def serve(
     model: Annotated[str, typer.Argument(help="Run directory, adapter directory or model name.")],
     adapter: Annotated[
@@ -53,54 +104,17 @@ def serve(
         typer.Option(envvar="SMOLORA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."),
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together (1: one at a time).")] = 8,
-    batching: Annotated[
-        str,
-        typer.Option(
-            callback=one_of("continuous", "static"),
-            help="continuous: requests join and leave the batch at every token; static: a batch runs to its end.",
-        ),
-    ] = "continuous",
+    batching: BatchingOption = "continuous",
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for company.")] = 20.0,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: physical cores).")] = None,
     max_tokens_cap: Annotated[int, typer.Option(min=1, help="Most tokens one request may ask for.")] = 2048,
-    request_timeout: Annotated[
-        float, typer.Option(min=1, help="Seconds a request may queue and decode before a 504.")
-    ] = 300.0,
-    rate_limit: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            help="Requests per minute per client address (see --forwarded-allow-ips behind a proxy); 0: no limit.",
-        ),
-    ] = 600.0,
-    max_body_kb: Annotated[
-        int, typer.Option(min=1, help="Largest request body accepted (413 beyond).")
-    ] = 1024,
-    forwarded_allow_ips: Annotated[
-        str | None,
-        typer.Option(
-            help="Proxies whose X-Forwarded-For names the client (comma-separated IPs or networks); "
-            "default: none, not even loopback."
-        ),
-    ] = None,
-    adapter_dir: Annotated[
-        str | None,
-        typer.Option(help="Allow POST /v1/adapters to load adapters from runs inside this directory."),
-    ] = None,
-    engine: Annotated[
-        str,
-        typer.Option(
-            callback=one_of("smolora", "vllm"),
-            help="smolora: this server; vllm: launch vLLM's OpenAI server for the run "
-            "(host, port and API key forwarded; the other options are this server's).",
-        ),
-    ] = "smolora",
-    vllm_python: Annotated[
-        str | None,
-        typer.Option(
-            help="A python that has vllm (default: .venv-vllm/bin/python, which `make vllm` builds)."
-        ),
-    ] = None,
+    request_timeout: RequestTimeoutOption = 300.0,
+    rate_limit: RateLimitOption = 600.0,
+    max_body_kb: MaxBodyKbOption = 1024,
+    forwarded_allow_ips: ForwardedAllowIpsOption = None,
+    adapter_dir: AdapterDirOption = None,
+    engine: EngineOption = "smolora",
+    vllm_python: VllmPythonOption = None,
 ) -> None:
     """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
 
