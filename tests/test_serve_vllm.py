@@ -238,3 +238,18 @@ def test_vllm_answers_as_our_engine_on_the_bundled_model(use_real_home, tmp_path
     launched = next(line for line in (tmp_path / "vllm.log").read_text().splitlines() if "launching:" in line)
     assert f"--lora-modules quick={run.resolve()}/adapter" in launched
     assert got == expected and all(expected["quick"])
+
+
+def test_the_default_python_is_the_checkouts_venv(tmp_path, monkeypatch):
+    import smolora.serve.vllm as launcher
+    from smolora.errors import SmoLoRAError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launcher, "REPO", tmp_path / "checkout")
+    with pytest.raises(SmoLoRAError, match=r"no .venv-vllm/bin/python in .* or .*checkout: run `make vllm`"):
+        launcher.find_python(None)
+    venv_python = tmp_path / "checkout" / ".venv-vllm" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("#!/bin/sh\n")
+    venv_python.chmod(0o755)
+    assert launcher.find_python(None) == venv_python

@@ -64,7 +64,10 @@ def find_python(given: str | Path | None) -> Path:
         candidates = list(dict.fromkeys([Path.cwd() / VENV_PYTHON, REPO / VENV_PYTHON]))
     found = next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
     if found is None:
-        where = f"--vllm-python {given} is not an executable file" if given else f"no {VENV_PYTHON} here"
+        places = " or ".join(str(p.parents[2]) for p in candidates)
+        where = (
+            f"--vllm-python {given} is not an executable file" if given else f"no {VENV_PYTHON} in {places}"
+        )
         raise SmoLoRAError(
             f"{where}: run `make vllm` to build it, or pass --vllm-python PATH (a python with vllm)"
         )
