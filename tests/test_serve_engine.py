@@ -219,16 +219,26 @@ def test_stream_with_usage_logprobs_and_max_completion_tokens(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
 
 
-def test_static_batching_refuses_what_needs_the_engine(tiny_run):
-    from fastapi.testclient import TestClient
+def test_static_batching_refuses_what_needs_the_engine(tiny_run, tmp_path_factory):
+    import subprocess
+    import sys
 
-    from smolora.serve.app import create_app
-    from smolora.serve.load import load_served
-
-    served = load_served(str(tiny_run), device="cpu")
-    served.batching = "static"
-    with TestClient(create_app(served)) as http:
-        plain = http.post("/v1/completions", json={"prompt": "Write a", "max_tokens": 2})
-        refused = http.post("/v1/completions", json={"prompt": "Write a", "max_tokens": 2, "logprobs": 1})
-    assert plain.status_code == 200
-    assert refused.status_code == 400 and "--batching static" in refused.json()["error"]["message"]
+    proc, url, _ = start_server(tiny_run, tmp_path_factory, "--batching", "static")
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        assert (
+            client.completions.create(model="tiny", prompt="Write a", max_tokens=2).choices[0].text
+            is not None
+        )
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny", prompt="Write a", max_tokens=2, logprobs=1)
+        assert "--batching static" in e.value.body["message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "smolora.cli.main", "serve", str(tiny_run), "--batching", "dynamic"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "continuous, static" in bad.stderr
