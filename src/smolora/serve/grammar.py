@@ -34,7 +34,7 @@ TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 _lock = threading.Lock()
-_tokenizers: dict[tuple[int, int], Any] = {}  # (id(tokenizer), vocab) -> llguidance.LLTokenizer
+_tokenizers: dict[tuple[int, int], Any] = {}  # (id(tokenizer), vocab) -> (tokenizer, LLTokenizer)
 _matchers: OrderedDict[tuple[int, int, str], Any] = OrderedDict()  # (.., grammar) -> fresh LLMatcher
 
 
@@ -67,7 +67,7 @@ def constraint_factory(
     a forced tool call (tool_schema) wins over response_format. Raises APIError 400 on a bad schema."""
     if tool_schema is not None:
         grammar = tool_call_grammar(tool_schema)
-        param = "tool_choice"
+        param = "tools"  # the schema is the tools' parameters
     elif response_format is not None and response_format.get("type") in ("json_object", "json_schema"):
         grammar = json_grammar(response_format)
         param = "response_format"
@@ -115,14 +115,14 @@ def compiled(tokenizer: Any, vocab_size: int, grammar: str, param: str) -> Any:
 
     key = (id(tokenizer), vocab_size, grammar)
     with _lock:
+        ll_tokenizer = tokenizer_of(tokenizer, vocab_size)  # first: a new tokenizer drops old matchers
         if key in _matchers:
             _matchers.move_to_end(key)
             return _matchers[key]
-        ll_tokenizer = tokenizer_of(tokenizer, vocab_size)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, ll_tokenizer)
-    if is_error:
-        first = messages[0].splitlines()[0] if messages else "invalid"
-        raise APIError(400, f"{param}: the JSON schema cannot be used: {first}", param)
+    if is_error:  # one line: a regex error spans several ("regex parse error:\n (\n ^\nerror: ...")
+        said = " ".join(" ".join(messages).split())[:300] if messages else "invalid"
+        raise APIError(400, f"{param}: the JSON schema cannot be used: {said}", param)
     matcher = llguidance.LLMatcher(ll_tokenizer, grammar, log_level=0)
     if matcher.is_error():
         raise APIError(400, f"{param}: the JSON schema cannot be used: {matcher.get_error()}", param)
@@ -139,6 +139,9 @@ def tokenizer_of(tokenizer: Any, vocab_size: int) -> Any:
 
     key = (id(tokenizer), vocab_size)
     if key not in _tokenizers:
-        _tokenizers.clear()  # one server serves one tokenizer; tests make many
-        _tokenizers[key] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
-    return _tokenizers[key]
+        # one server serves one tokenizer; tests make many. The matchers go too: they are keyed by
+        # id(tokenizer), and a freed tokenizer's id can be reused by the next one.
+        _tokenizers.clear()
+        _matchers.clear()
+        _tokenizers[key] = (tokenizer, llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size))
+    return _tokenizers[key][1]

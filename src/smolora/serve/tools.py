@@ -85,13 +85,29 @@ def call_text(call: dict) -> str:
     return f"{OPEN}{json.dumps({'name': function.get('name'), 'arguments': arguments})}{CLOSE}"
 
 
+def native_calls(message: dict) -> dict:
+    """An assistant's calls with `arguments` as an object, as transformers' templates expect (many
+    write `arguments | tojson`, which would quote OpenAI's JSON string a second time)."""
+    if not message.get("tool_calls"):
+        return message
+    calls = []
+    for call in message["tool_calls"]:
+        function = dict(call.get("function", {}))
+        try:
+            function["arguments"] = json.loads(function.get("arguments") or "{}")
+        except (json.JSONDecodeError, TypeError):
+            pass  # not JSON (or already an object): the template gets it as sent
+        calls.append({**call, "function": function})
+    return {**message, "content": message.get("content") or "", "tool_calls": calls}
+
+
 def template_inputs(
     messages: list[dict], tools: list[dict] | None, tool_choice: Any, template: str | None
 ) -> tuple[list[dict], dict]:
     """Messages (and extra template variables) that show the model its tools and past calls."""
     specs = functions(tools) if tool_choice != "none" else []
     if template and "tools" in template:  # the template renders tools and tool calls itself
-        return messages, ({"tools": tools} if specs else {})
+        return [native_calls(m) for m in messages], ({"tools": tools} if specs else {})
     out = []
     for m in messages:
         if m.get("tool_calls"):
