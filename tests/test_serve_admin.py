@@ -227,3 +227,87 @@ def test_tokenize_detokenize_equal_the_tokenizer_offline(server, tiny_run):
         assert httpx.post(f"{server}/tokenize", json=body, headers=AUTH, timeout=60).status_code == 400
     r = httpx.post(f"{server}/tokenize", json={"model": "nope", "prompt": "a"}, headers=AUTH, timeout=60)
     assert r.status_code == 404
+
+
+def offline_embeddings(run, texts: list[str], base: bool = False) -> list[list[float]]:
+    """Each text alone through the run's model loaded in-process: the mean of its last hidden state."""
+    import contextlib
+
+    import torch
+
+    from smolora.model.load import load_for_inference
+
+    torch.set_num_threads(1)
+    model, tok, _ = load_for_inference(run, device="cpu")
+    out = []
+    with torch.inference_mode(), model.disable_adapter() if base else contextlib.nullcontext():
+        for text in texts:
+            ids = torch.tensor([tok(text)["input_ids"]])
+            out.append(model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].mean(0))
+    return [v.tolist() for v in out]
+
+
+def test_embeddings_equal_an_offline_mean_pool(server, tiny_run, dirs):
+    import numpy as np
+
+    texts = ["The capital of France is Paris.", "Write a haiku", "abc ✓ " * 40]
+    client = client_of(server)
+    assert load(server, "emb", "runs/second").status_code == 201
+    base = [n for n in listed(server) if n not in ("tiny", "hot", "gone", "hot2", "emb")][0]
+    got = {}
+    for name in ("tiny", "emb", base):
+        r = client.embeddings.create(model=name, input=texts)  # the client asks for base64
+        assert r.model == name and [d.index for d in r.data] == [0, 1, 2]
+        got[name] = np.array([d.embedding for d in r.data])
+        assert np.allclose(np.linalg.norm(got[name], axis=1), 1, atol=1e-5)  # unit length, as OpenAI's
+    expected = {
+        "tiny": offline_embeddings(tiny_run, texts),
+        "emb": offline_embeddings(dirs[2], texts),
+        base: offline_embeddings(tiny_run, texts, base=True),
+    }
+    for name, vectors in expected.items():
+        vectors = np.array(vectors)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        assert np.abs(got[name] - unit).max() < 1e-4, name
+    assert np.abs(got["tiny"] - got["emb"]).max() > 1e-3  # the adapter the name picks is used
+    # raw means (vLLM's normalize=false), floats, token ids: the same numbers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    ids = [tok(t)["input_ids"] for t in texts]
+    raw = httpx.post(
+        f"{server}/v1/embeddings",
+        json={"model": "emb", "input": ids, "encoding_format": "float", "normalize": False},
+        headers=AUTH,
+        timeout=60,
+    ).json()
+    assert raw["usage"] == {"prompt_tokens": sum(map(len, ids)), "total_tokens": sum(map(len, ids))}
+    assert np.abs(np.array([d["embedding"] for d in raw["data"]]) - expected["emb"]).max() < 1e-4
+    one = client.embeddings.create(model="emb", input=ids[1], encoding_format="float")
+    assert np.abs(np.array(one.data[0].embedding) - got["emb"][1]).max() < 1e-5
+    assert httpx.delete(f"{server}/v1/adapters/emb", headers=AUTH, timeout=60).status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="emb", input="a")
+
+
+def test_embeddings_refusals(server):
+    bad = [
+        {"input": None},
+        {},
+        {"input": ""},
+        {"input": []},
+        {"input": [[]]},
+        {"input": [-1]},
+        {"input": [10**9]},
+        {"input": ["a"] * 129},
+        {"input": "abc " * 2000},  # over the tiny model's context of 512
+        {"input": "a", "encoding_format": "int8"},
+        {"input": "a", "dimensions": 7},
+        {"input": "a", "model": None, "user": None, "encoding_format": None, "dimensions": 32},  # fine
+    ]
+    for body in bad:
+        r = httpx.post(f"{server}/v1/embeddings", json=body, headers=AUTH, timeout=60)
+        assert r.status_code == (200 if body.get("dimensions") == 32 else 400), (body, r.text)
+    r = httpx.post(f"{server}/v1/embeddings", json={"input": "a", "model": "nope"}, headers=AUTH, timeout=60)
+    assert r.status_code == 404
+    assert httpx.post(f"{server}/v1/embeddings", json={"input": "a"}, timeout=60).status_code == 401

@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP API for a run, with several adapters on one base and batched decoding.
 
 Endpoints: GET /v1/models, POST /v1/chat/completions (plain or SSE streaming),
-POST /v1/completions, POST/DELETE /v1/adapters, POST /tokenize and /detokenize, GET /health.
+POST /v1/completions, POST/DELETE /v1/adapters, POST /tokenize and /detokenize, POST /v1/embeddings,
+GET /health.
 The request's `model` picks the base model or any loaded adapter; all adapters share one base
 in memory (PEFT `load_adapter`; plain LoRA adapters and the base even share one batch).
 
@@ -17,7 +18,7 @@ This file is the route table and `serve()`; the rest, one thing a file: `schema.
 bodies), `routes.py` (the route functions), `jobs.py` (a request into queued rows), `engine.py`
 and `pick.py` (decoding), `choices.py` and `stream.py` (rows back to the client, whole or
 streamed), `openai.py` (every response, chunk and error shape), `load.py` (the models and
-adapters), `admin.py` (adapters at run time, tokenize), `limits.py` (body size, rate limit),
+adapters), `admin.py` (adapters at run time, tokenize), `embeddings.py`, `limits.py` (body size, rate limit),
 `vllm.py` (`--engine vllm`).
 
 Errors follow OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 4xx for
@@ -51,6 +52,7 @@ from starlette.exceptions import HTTPException
 from smolora.errors import ConfigError
 from smolora.serve.admin import add_admin_routes
 from smolora.serve.batching import Served, batch_loop
+from smolora.serve.embeddings import embeddings
 from smolora.serve.engine import engine_loop, supports_continuous
 from smolora.serve.limits import body_limit, rate_limited
 from smolora.serve.load import load_served
@@ -82,6 +84,7 @@ def create_app(served: Served, api_key: str | None = None, adapter_dir: str | No
         "/v1/completions", completions, methods=["POST"], dependencies=guarded, responses=ERRORS
     )
     add_admin_routes(app, guarded)  # /v1/adapters, /tokenize, /detokenize
+    app.add_api_route("/v1/embeddings", embeddings, methods=["POST"], dependencies=guarded, responses=ERRORS)
     return app
 
 
