@@ -2,9 +2,10 @@
 real tokens, through the adapter the request's `model` names (or the bare base).
 
 The forward passes run in the model's worker between decoding steps (`between_steps`), a few
-thousand tokens at a time, so a long embedding request delays streaming rows by one chunk, not by
-all of it. Vectors have unit length, as OpenAI's (dot product = cosine similarity);
-`"normalize": false` (vLLM's name) gives the raw mean.
+hundred tokens at a time; while rows are decoding, each chunk is followed by a pause as long as
+itself, so a long embedding request at most halves their speed instead of stopping them.
+Vectors have unit length, as OpenAI's (dot product = cosine similarity); `"normalize": false`
+(vLLM's name) gives the raw mean.
 
 Run as:
     curl localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"model": "quickstart", "input": "Hi"}'
@@ -12,22 +13,26 @@ Run as:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import time
 from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import Request as HTTPRequest
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from smolora.serve.batching import Served, between_steps
+from smolora.serve.batching import Served, active, between_steps
 from smolora.serve.jobs import check_model, prompt_ids, tokenize
 from smolora.serve.openai import APIError
 from smolora.serve.schema import Prompt, TokenIds, prompt_kind
 
 MAX_INPUTS = 128  # inputs in one request (OpenAI allows 2048; a CPU server is slower)
 MAX_TOTAL_TOKENS = 32768  # over all inputs of one request
-CHUNK_TOKENS = 4096  # padded tokens per forward pass, i.e. per pause of the decoding worker
+# Padded tokens per forward pass, i.e. per pause of the decoding worker: 4096 took 16 s on SmolLM2-135M
+# with one CPU thread; 512 is about one prefill of a 512-token prompt, which the engine pauses for anyway.
+CHUNK_TOKENS = 512
 
 
 class EmbeddingRequest(BaseModel):
@@ -58,7 +63,10 @@ async def embeddings(req: EmbeddingRequest, request: HTTPRequest):
     check_lengths(served, rows)
     vectors = []
     for chunk in chunks(rows):
-        vectors.append(await between_steps(served, lambda c=chunk: embed_in_worker(served, name, c)))
+        vector, seconds = await between_steps(served, lambda c=chunk: embed_in_worker(served, name, c))
+        vectors.append(vector)
+        if active(served):  # rows are decoding: leave them as much of the worker as this chunk took
+            await asyncio.sleep(seconds)
     pooled = torch.cat(vectors)
     if req.normalize is not False:
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
@@ -104,9 +112,11 @@ def chunks(rows: list[list[int]]) -> list[list[list[int]]]:
 
 
 @torch.inference_mode()
-def embed_in_worker(served: Served, name: str, rows: list[list[int]]) -> torch.Tensor:
+def embed_in_worker(served: Served, name: str, rows: list[list[int]]) -> tuple[torch.Tensor, float]:
     """Runs between decoding steps: one right-padded forward of the decoder body (no lm head),
-    the mean of each row's last hidden state over its real tokens, as float32 on the CPU."""
+    the mean of each row's last hidden state over its real tokens (float32, on the CPU), and the
+    seconds it took."""
+    start = time.perf_counter()
     entry = served.names.get(name)
     if entry is None:  # unloaded (DELETE /v1/adapters) since the request was checked
         raise APIError(404, f"The model '{name}' does not exist", "model", "model_not_found")
@@ -123,7 +133,7 @@ def embed_in_worker(served: Served, name: str, rows: list[list[int]]) -> torch.T
     with adapter_of(model, entry["adapter"]):
         hidden = inner.base_model(input_ids=ids.to(device), attention_mask=mask).last_hidden_state
     hidden = hidden.float() * mask[..., None]
-    return (hidden.sum(1) / mask.sum(1, keepdim=True)).cpu()
+    return (hidden.sum(1) / mask.sum(1, keepdim=True)).cpu(), time.perf_counter() - start
 
 
 @contextlib.contextmanager
