@@ -33,11 +33,13 @@ def test_schemathesis_finds_no_server_error(tmp_path_factory, tiny_run, tmp_path
         )
         assert proc.poll() is None, log.read_text()[-3000:]
         assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+        paths = httpx.get(f"{url}/openapi.json", timeout=10).json()["paths"]
+        operations = sum(len(methods) for methods in paths.values())  # every route the schema offers
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     summary = summarize(report)
     assert st.returncode == 0, st.stdout[-4000:]
     assert summary["server_errors"] == [], summary
-    assert len(summary["operations"]) == 5 and summary["requests"] > 100, summary
+    assert len(summary["operations"]) == operations and summary["requests"] > 100, summary
     assert summary["statuses"].get(200, 0) > 10, summary  # the fuzzer reached the model, not only 4xx
