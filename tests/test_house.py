@@ -30,7 +30,7 @@ LAYERS = [
         "runs",
     },
     {"data", "model", "generate"},
-    {"train", "eval", "export", "bench", "doctor"},
+    {"train", "eval", "export", "bench", "doctor", "queue"},
     {"api"},
     {"cli", "ui", "serve"},
 ]

@@ -6,6 +6,7 @@ Run as:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -81,6 +82,19 @@ EngineOption = Annotated[
     ),
 ]
 
+JobsDirOption = Annotated[
+    Path | None,
+    typer.Option(help="The fine-tuning job queue (jobs.db, uploads, runs); default: SMOLORA_HOME/jobs."),
+]
+JobsWorkersOption = Annotated[
+    int, typer.Option(min=0, help="Fine-tuning jobs trained at once (0: queue them, train none here).")
+]
+JobsConfigOption = Annotated[
+    Path | None,
+    typer.Option(help="The run config fine-tuning jobs start from (default: the served run's config.yaml)."),
+]
+MaxFileMbOption = Annotated[int, typer.Option(min=1, help="Largest training file POST /v1/files accepts.")]
+
 VllmPythonOption = Annotated[
     str | None,
     typer.Option(help="A python that has vllm (default: .venv-vllm/bin/python, which `make vllm` builds)."),
@@ -113,14 +127,21 @@ def serve(
     max_body_kb: MaxBodyKbOption = 1024,
     forwarded_allow_ips: ForwardedAllowIpsOption = None,
     adapter_dir: AdapterDirOption = None,
+    jobs_dir: JobsDirOption = None,
+    jobs_workers: JobsWorkersOption = 1,
+    jobs_config: JobsConfigOption = None,
+    max_file_mb: MaxFileMbOption = 64,
     engine: EngineOption = "smolora",
     vllm_python: VllmPythonOption = None,
 ) -> None:
     """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
 
-    The request's `model` field picks the base model or any adapter by name.
+    The request's `model` field picks the base model or any adapter by name. OpenAI's fine-tuning API
+    (/v1/files, /v1/fine_tuning/jobs) trains on the served base; see docs/jobs.md.
 
     Example: smolora serve runs/quickstart --adapter other=runs/other --port 8000
+
+    Example: smolora serve runs/quickstart --jobs-dir jobs --jobs-workers 2 --api-key secret
     """
     if engine == "vllm":
         from smolora.serve.vllm import launch
@@ -144,4 +165,26 @@ def serve(
         forwarded_allow_ips=forwarded_allow_ips,
         batching=batching,
         adapter_dir=adapter_dir,
+        jobs=jobs_settings(model, jobs_dir, jobs_workers, jobs_config, max_file_mb),
     )
+
+
+def jobs_settings(model: str, jobs_dir: Path | None, workers: int, config: Path | None, max_file_mb: int) -> dict:
+    """The job queue's settings; its template is --jobs-config, else the served run's own config."""
+    from smolora.runs import ADAPTER_DIR, CONFIG_FILE, smolora_home
+
+    if config is not None and not config.is_file():
+        raise SmoLoRAError(f"--jobs-config {config}: no such file; name a run config (YAML or JSON)")
+    from smolora.config import load_config
+
+    run = Path(model)
+    places = (run, run.parent) if run.name == ADAPTER_DIR else (run,)
+    found = next((p / CONFIG_FILE for p in places if (p / CONFIG_FILE).is_file()), None)
+    if config or found:
+        load_config(config or found)  # a broken template is an error now, not at the first job
+    return {
+        "root": (jobs_dir or smolora_home() / "jobs").expanduser().resolve(),
+        "template": config or found,
+        "workers": workers,
+        "max_file_bytes": max_file_mb << 20,
+    }

@@ -2,7 +2,7 @@
 
 Endpoints: GET /v1/models, POST /v1/chat/completions (plain or SSE streaming),
 POST /v1/completions, POST/DELETE /v1/adapters, POST /tokenize and /detokenize, POST /v1/embeddings,
-GET /health.
+GET /health, and OpenAI's fine-tuning API (/v1/files, /v1/fine_tuning/jobs: finetune.py, on the job queue).
 The request's `model` picks the base model or any loaded adapter; all adapters share one base
 in memory (PEFT `load_adapter`; plain LoRA adapters and the base even share one batch).
 
@@ -54,6 +54,7 @@ from smolora.serve.admin import add_admin_routes
 from smolora.serve.batching import Served, batch_loop
 from smolora.serve.embeddings import embeddings
 from smolora.serve.engine import engine_loop, supports_continuous
+from smolora.serve.finetune import add_finetune_routes, start_finetune, stop_finetune, uploads_apart
 from smolora.serve.limits import body_limit, rate_limited
 from smolora.serve.load import load_served
 from smolora.serve.openai import APIError, error_response, validation_error
@@ -63,11 +64,14 @@ from smolora.serve.schema import ERRORS, READ_ERRORS, narrow_schema
 log = logging.getLogger("smolora")
 
 
-def create_app(served: Served, api_key: str | None = None, adapter_dir: str | None = None) -> Any:
+def create_app(
+    served: Served, api_key: str | None = None, adapter_dir: str | None = None, jobs: dict | None = None
+) -> Any:
     """The FastAPI app around a loaded `Served`: its route table and its errors in OpenAI's shape."""
     app = FastAPI(title="SmoLoRA", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.served, app.state.api_key = served, api_key  # what the routes read from request.app
     app.state.adapter_dir, app.state.adapters_busy = adapter_dir, set()  # admin.py: hot-loaded adapters
+    app.state.jobs = jobs  # finetune.py: the job queue (root, template, workers); None: fine-tuning off
     app.openapi = functools.partial(narrowed_openapi, app)  # type: ignore[method-assign]
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -85,6 +89,7 @@ def create_app(served: Served, api_key: str | None = None, adapter_dir: str | No
     )
     add_admin_routes(app, guarded)  # /v1/adapters, /tokenize, /detokenize
     app.add_api_route("/v1/embeddings", embeddings, methods=["POST"], dependencies=guarded, responses=ERRORS)
+    add_finetune_routes(app, guarded)  # /v1/files, /v1/fine_tuning/jobs
     return app
 
 
@@ -96,8 +101,10 @@ async def lifespan(app: FastAPI):
     if served.batching == "continuous" and not supports_continuous(served.model):
         log.warning("this model's attention (sliding window or recurrent layers) needs static batching")
         served.batching = "static"
+    start_finetune(app, asyncio.get_running_loop())  # finished jobs' adapters first, then the job workers
     worker = asyncio.create_task((engine_loop if served.batching == "continuous" else batch_loop)(served))
     yield
+    await stop_finetune(app)  # running jobs checkpoint and go back to the queue
     worker.cancel()
 
 
@@ -171,8 +178,9 @@ def serve(
     forwarded_allow_ips: str | None = None,
     batching: str = "continuous",
     adapter_dir: str | None = None,
+    jobs: dict | None = None,
 ) -> None:
-    """Load, then serve until interrupted."""
+    """Load, then serve until interrupted. `jobs`: {"root", "template", "workers", "max_file_bytes"}."""
     import uvicorn
 
     from smolora.model.load import physical_cores
@@ -187,8 +195,11 @@ def serve(
     served.max_tokens_cap, served.request_timeout = max_tokens_cap, request_timeout
     # Both wrap the whole app: a client over its rate, an oversized or a trickling body never reach
     # FastAPI (which parses JSON before any dependency runs, so a dependency would miss broken bodies).
-    app = create_app(served, api_key, adapter_dir)
-    app = body_limit(app, max_body_kb * 1024, read_timeout=min(30.0, request_timeout))
+    inner = create_app(served, api_key, adapter_dir, jobs)
+    app = body_limit(inner, max_body_kb * 1024, read_timeout=min(30.0, request_timeout))
+    if jobs is not None:  # uploads have their own cap (--max-file-mb), the rest keeps --max-body-kb
+        big = body_limit(inner, jobs["max_file_bytes"] + (64 << 10), read_timeout=max(30.0, request_timeout))
+        app = uploads_apart(app, big)
     app = rate_limited(app, rate_limit)
     log.info("serving %s on http://%s:%d/v1 (max batch %d)", ", ".join(served.names), host, port, max_batch)
     # timeout_keep_alive: idle keep-alive connections are closed after 5 s, so idle clients hold no slots.
