@@ -17,7 +17,21 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from smolora.cli import bench, config, data, doctor, eval, export, generate, models, serve, sweep, train, ui
+from smolora.cli import (
+    bench,
+    config,
+    data,
+    doctor,
+    eval,
+    export,
+    generate,
+    jobs,
+    models,
+    serve,
+    sweep,
+    train,
+    ui,
+)
 from smolora.cli.common import err, state
 from smolora.errors import SmoLoRAError
 
@@ -46,6 +60,7 @@ app.add_typer(config.config_app, name="config")
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.layers_app, name="layers")
 app.add_typer(eval.runs_app, name="runs")
+app.add_typer(jobs.jobs_app, name="jobs")
 
 
 @app.callback()

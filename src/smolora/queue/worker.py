@@ -163,7 +163,7 @@ def resume_flag(root: Path, job: dict[str, Any]) -> list[str]:
     store.add_event(
         root,
         job["id"],
-        f"Resuming from {checkpoint.name} (step {checkpoint.name.split('-')[-1]}) after the job was interrupted",
+        f"Resuming from {checkpoint.name} after the job was interrupted",
         data={"step": int(checkpoint.name.split("-")[-1]), "checkpoint": checkpoint.name},
     )
     return ["--resume"]
