@@ -94,3 +94,20 @@ def test_a_worker_trains_a_config_job_and_the_cli_cancels_it(tmp_path, tiny_mode
     assert steps_seen and max(steps_seen) < steps
     checkpoints, _ = store.list_checkpoints(root, job["id"])
     assert checkpoints and checkpoints[0]["path"].startswith(str(tmp_path / "runs" / "tiny"))
+
+
+def test_serve_refuses_a_missing_jobs_config_before_loading(tiny_run, tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smolora.cli.main",
+            "serve",
+            str(tiny_run),
+            "--jobs-config",
+            str(tmp_path / "no.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "--jobs-config" in r.stderr and "no such file" in r.stderr
