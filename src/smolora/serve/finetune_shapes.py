@@ -8,7 +8,7 @@ Run as:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,15 +16,18 @@ ID = r"^[A-Za-z0-9._:-]{1,128}$"  # what a client may send as an id; unknown one
 
 
 class Hyperparameters(BaseModel):
+    # The bounds sit on the numeric branch: on the whole union pydantic would apply them to "auto" too.
     model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Literal["auto"] | None = Field(
-        None, ge=1, le=100, description="Epochs; auto: the recipe's."
+    n_epochs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] | None = Field(
+        None, description="Epochs; auto: the recipe's."
     )
-    batch_size: int | Literal["auto"] | None = Field(None, ge=1, le=1024)
-    learning_rate_multiplier: float | Literal["auto"] | None = Field(
-        None, gt=0, le=100, description="Times the recipe's learning rate (train.lr, or the auto one)."
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] | None = Field(
+        None, description="Times the recipe's learning rate (train.lr, or the auto one)."
     )
-    beta: float | Literal["auto"] | None = Field(None, gt=0, le=100, description="dpo only: train.beta.")
+    beta: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] | None = Field(
+        None, description="dpo only: train.beta."
+    )
 
 
 class MethodSettings(BaseModel):
