@@ -30,12 +30,15 @@ def known_model(name: str) -> str | None:
     from smolora.model.store import BUNDLED, MANIFEST, cache_name, models_dir
 
     path = Path(name).expanduser()
-    if name in BUNDLED or (path.is_dir() and (path / "config.json").exists()):
-        return None
-    if path.suffix == ".gguf" and path.is_file():
-        return None
-    if "/" not in name.strip("/") and (models_dir() / cache_name(name) / MANIFEST).exists():
-        return None
+    try:  # a name too long for a path, or with a NUL byte, is simply not one
+        if name in BUNDLED or (path.is_dir() and (path / "config.json").exists()):
+            return None
+        if path.suffix == ".gguf" and path.is_file():
+            return None
+        if "/" not in name.strip("/") and (models_dir() / cache_name(name) / MANIFEST).exists():
+            return None
+    except (OSError, ValueError):
+        pass
     return (
         f"model '{name}' is not served here and not in the model store; fine-tune the served base "
         f"model (GET /v1/models), or add it first: smolora models pull {name}"

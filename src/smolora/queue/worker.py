@@ -115,7 +115,11 @@ def trainer_alive(job: dict[str, Any]) -> bool:
 
 def run_job(workers: dict[str, Any], job: dict[str, Any]) -> None:
     root = workers["root"]
-    problem = prepare_job(root, job)
+    try:
+        problem = prepare_job(root, job)
+    except Exception as e:  # the job fails, the worker goes on
+        log.exception("preparing job %s", job["id"])
+        problem = f"the job could not be prepared: {e}"
     if problem is not None:
         store.add_event(root, job["id"], problem, "error")
         store.finish_job(

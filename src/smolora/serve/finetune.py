@@ -263,8 +263,11 @@ def base_of(served: Any, model: str) -> str:
 def updates_of(req: JobRequest, base: str) -> dict[str, Any]:
     """The request as changes to the template config."""
     kind, hyper = settings(req)
-    path = Path(base).expanduser()
-    model = {"name": str(path.resolve()) if path.exists() else base, "adapter": None}
+    try:  # a relative path to the base, made absolute: jobs train in another working directory
+        name = str(Path(base).expanduser().resolve()) if Path(base).expanduser().exists() else base
+    except (OSError, ValueError):  # a name too long to be a path, or with a NUL: the worker refuses it
+        name = base
+    model = {"name": name, "adapter": None}
     train: dict[str, Any] = {"objective": "dpo" if kind == "dpo" else "sft"}
     if isinstance(hyper.get("n_epochs"), int):
         train.update(epochs=hyper["n_epochs"], max_steps=None)  # epochs asked for: not the template's steps
