@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from smolora.generate import end_token_ids, plain_generation
+from smolora.generate import end_token_ids
 from smolora.serve.batching import (
     BatchControl,
     Job,
@@ -118,19 +118,23 @@ class Engine:
     @contextlib.contextmanager
     def adapters(self, key: str | None, rows: list[Job]):
         """Forward keyword arguments that make each row use its served model's adapter."""
+        names = {peft_name(self.served, j) for j in rows}
         if not self.peft:
             yield {}
-        elif self.mixed:
+        elif self.mixed and len(names) > 1:
             yield {"adapter_names": [peft_name(self.served, j) or "__base__" for j in rows]}
-        elif peft_name(self.served, rows[0]) is None:  # a lane's rows share one served name
+        elif names == {None}:  # every row is the base model
             with self.model.disable_adapter():
                 yield {}
-        else:
-            self.model.set_adapter(peft_name(self.served, rows[0]))
+        else:  # one adapter for all rows: PEFT's plain path, not its slower per-row split
+            (name,) = names
+            if self.model.active_adapter != name:
+                self.model.set_adapter(name)
             yield {}
 
     def forward(self, key: str | None, rows: list[Job], **inputs: Any) -> Any:
-        with self.adapters(key, rows) as extra, plain_generation(self.model):
+        # a plain forward: generate()'s stored settings (plain_generation) play no part here
+        with self.adapters(key, rows) as extra:
             return self.model(**inputs, **extra, use_cache=True, return_dict=True)
 
     @torch.inference_mode()
