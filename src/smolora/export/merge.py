@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from smolora.errors import ExportError, SmoLoRAError
+from smolora.export import llamacpp
 from smolora.export.gguf import load_gguf, write_gguf
 from smolora.export.ollama import modelfile_text
 from smolora.generate import end_token_ids, plain_generation, to_messages
@@ -33,8 +34,10 @@ from smolora.runs import MERGED_DIR, PARITY_FILE, AdapterMeta, find_adapter_dir,
 
 log = logging.getLogger("smolora")
 
-QUANTS = ("f32", "f16", "q8_0")
+QUANTS = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 FORMATS = ("safetensors", "gguf", "ollama")
+# f16 for gguf keeps the file parity-checked exactly; Ollama users expect Q4_K_M (what `ollama pull` serves).
+DEFAULT_QUANT = {"gguf": "f16", "ollama": "q4_k_m", "safetensors": "f32"}
 
 # What "the same model" means per precision. Logit differences are judged relative to the
 # largest reference logit, so the bound holds for small and large models alike. f32 and merged
@@ -46,6 +49,9 @@ TOLERANCES: dict[str, dict[str, float] | None] = {
     "f32": {"max_logit_diff_rel": 1e-4, "ppl_rel_diff": 1e-4, "token_agreement": 1.0},
     "f16": {"max_logit_diff_rel": 0.02, "ppl_rel_diff": 0.01, "token_agreement": 0.95},
     "q8_0": None,
+    "q6_k": None,
+    "q5_k_m": None,
+    "q4_k_m": None,
 }
 
 FIXED_PROMPTS = [
@@ -245,10 +251,48 @@ def merge_run(run: str | Path, out: str | Path | None = None) -> Path:
 # --- export ------------------------------------------------------------------------------
 
 
-def export_run(run: str | Path, fmt: str = "gguf", quant: str = "f16", out: str | Path | None = None) -> Path:
+def write_quantized(
+    merged: Any, tokenizer: Any, path: Path, quant: str, name: str, meta: AdapterMeta
+) -> None:
+    """f32/f16 (and q8_0 without llama.cpp) by the gguf library; other types by llama.cpp's quantizer.
+
+    The quantizer reads an f32 GGUF, not f16: quantizing from f16 would round every weight twice.
+    """
+    if quant in ("f32", "f16") or (quant == "q8_0" and not llamacpp.available()):
+        write_gguf(merged, tokenizer, path, quant, name, meta)
+        return
+    llamacpp.require(f"--quant {quant}")
+    source = path.with_name(path.stem + ".f32-source.gguf")
+    try:
+        write_gguf(merged, tokenizer, source, "f32", name, meta)
+        llamacpp.quantize(source, path, quant)
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def check_with_llamacpp(report: dict, path: Path, quant: str, prompts, reference, eos: list[int]) -> None:
+    """parity.json's `llamacpp-QUANT` row: the file as llama.cpp itself runs it (the program users run)."""
+    if not llamacpp.available():
+        report["llamacpp"] = f"not checked by llama.cpp: {llamacpp.INSTALL_HINT}"
+        log.warning("%s is not checked by llama.cpp (%s)", path.name, llamacpp.INSTALL_HINT)
+        return
+    rows, same_tokens = llamacpp.llama_outputs(path, prompts, eos, [r["seq"] for r in reference])
+    stats = {**compare(reference, rows), "tokenizer_match": same_tokens}
+    report["checks"][f"llamacpp-{quant}"] = {
+        **stats,
+        "precision": quant,
+        "file": path.name,
+        "broken": judge(stats, quant),
+    }
+
+
+def export_run(
+    run: str | Path, fmt: str = "gguf", quant: str | None = None, out: str | Path | None = None
+) -> Path:
     """Write the artifact for `fmt` (safetensors, gguf, ollama) with parity.json; returns its directory."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    quant = quant or DEFAULT_QUANT[fmt]
     if quant not in QUANTS:
         raise ExportError(f"--quant {quant}: choose one of {', '.join(QUANTS)}")
     if fmt == "safetensors":
@@ -265,7 +309,7 @@ def export_run(run: str | Path, fmt: str = "gguf", quant: str = "f16", out: str 
         report["checks"]["merged"] = {**stats, "precision": "f32", "broken": judge(stats, "f32")}
     name = run_dir_of(run).name
     gguf_path = out_dir / ("model.gguf" if fmt == "ollama" else f"{name}-{quant}.gguf")
-    write_gguf(merged, tokenizer, gguf_path, quant, name, meta)
+    write_quantized(merged, tokenizer, gguf_path, quant, name, meta)
     n_ctx = min(int(merged.config.max_position_embeddings), 4096)
     del merged, model
 
@@ -282,8 +326,11 @@ def export_run(run: str | Path, fmt: str = "gguf", quant: str = "f16", out: str 
         "precision": quant,
         "file": gguf_path.name,
         "size_bytes": gguf_path.stat().st_size,
+        "tensor_types": llamacpp.tensor_types(gguf_path),
         "broken": judge(stats, quant),
     }
+    del reloaded
+    check_with_llamacpp(report, gguf_path, quant, prompts, reference, eos)
     if fmt == "ollama":
         template = meta.chat_template or tokenizer.chat_template
         (out_dir / "Modelfile").write_text(
