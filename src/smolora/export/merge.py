@@ -6,7 +6,8 @@ transformers. The GGUF is written by `gguf_export.py` (llama.cpp's layout, Llama
 the Modelfile by `ollama.py`. Every artifact is checked against the adapter
 model on held-out prompts (`parity.json` next to it): greedy-token agreement, max logit
 difference, perplexity difference. Beyond tolerance an f32/f16 export fails with
-`ExportError`; q8_0 reports its drift.
+`ExportError`; quantized types report their drift. With llama-cpp-python installed, llama.cpp
+itself loads the GGUF and judges it too (`export/llamacpp.py`), and quantizes the k-quants.
 
 Run as:
     merge_run("runs/quickstart")                                  # -> runs/quickstart/merged/
