@@ -311,3 +311,23 @@ def fake_report() -> dict:
             "decode_speedup": 3.5,
         },
     }
+
+
+def smolora_main(*args) -> tuple[int, str]:
+    """`smolora ARGS` as the console script runs it (cli.main: a SmoLoRAError is one line, exit 2),
+    in CliRunner's isolation: (exit code, stdout + stderr)."""
+    from typer.testing import CliRunner
+
+    from smolora.cli.main import main
+
+    argv = sys.argv
+    with CliRunner().isolation(env={"COLUMNS": "400"}) as (out, err, _):
+        sys.argv = ["smolora", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        finally:
+            sys.argv = argv
+        return code, out.getvalue().decode() + err.getvalue().decode()

@@ -22,3 +22,21 @@ AllowPickleOpt = Annotated[
         help="Also load .bin/.pt pickle weights (with torch weights_only=True); only for files you trust.",
     ),
 ]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Refuse (exit 2) an adapter whose base has another sha256 than the one it was trained on "
+        "(default: warn).",
+    ),
+]
+
+
+def strict_process(strict: bool) -> None:
+    """--strict for commands whose loading happens deeper down (eval, serve and its hot-loaded adapters)."""
+    if strict:
+        import os
+
+        from smolora.model.lineage import STRICT_ENV
+
+        os.environ[STRICT_ENV] = "1"

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from smolora.cli.common import StrictOpt, strict_process
+
 console = Console()
 
 runs_app = typer.Typer(help="List, show and compare training runs.", no_args_is_help=True)
@@ -51,6 +53,13 @@ def eval_cmd(
         int | None, typer.Option("--lm-eval-limit", help="Score only the first N documents of each task.")
     ] = None,
     samples: Annotated[int, typer.Option(help="Rows shown side by side in the terminal.")] = 8,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also score this run on the same rows (repeatable; default: a combined run's parents)."
+        ),
+    ] = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Compare the base and the fine-tuned model on held-out prompts; write RUN/eval/ with a report.
 
@@ -62,8 +71,11 @@ def eval_cmd(
 
     Example: smolora eval runs/quickstart --lm-eval smolora_orders --include-path examples/lm_eval
     """
+    from smolora.eval.against import against_runs, score_against
     from smolora.eval.evaluate import evaluate_run
 
+    strict_process(strict)
+    others = against_runs(run, against)
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
     result = evaluate_run(
         run,
@@ -75,6 +87,28 @@ def eval_cmd(
         lm_eval_limit=lm_eval_limit,
     )
     print_comparison(result, samples)
+    if others:
+        print_against(result["metrics"], score_against(run, others, data, split, set_ or []))
+
+
+def print_against(metrics: dict[str, Any], against: dict[str, dict[str, float]]) -> None:
+    """base | each other run | this run, per metric, on the rows just scored."""
+    from smolora.eval.against import against_rows
+    from smolora.eval.report import fmt
+
+    table = Table(
+        title=f"{Path(metrics['run']).name} against {', '.join(against)} on {metrics['n_examples']} examples"
+    )
+    for col in ("metric", "base", *against, Path(metrics["run"]).name):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for r in against_rows(metrics, against):
+        table.add_row(
+            r["name"],
+            fmt(r["name"], r["base"]),
+            *(fmt(r["name"], v) for v in r["others"].values()),
+            fmt(r["name"], r["run"]),
+        )
+    console.print(table)
 
 
 def print_comparison(result: dict[str, Any], samples: int) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from smolora.cli.common import AllowPickleOpt, console
+from smolora.cli.common import AllowPickleOpt, StrictOpt, console
 from smolora.errors import SmoLoRAError
 
 
@@ -30,6 +30,7 @@ def generate(
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     allow_pickle: AllowPickleOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Generate answers in batches.
 
@@ -43,7 +44,7 @@ def generate(
         items += read_prompt_file(file)
     if not items:
         raise SmoLoRAError("no prompt given: pass PROMPT arguments or --file prompts.txt")
-    m, tok, meta = load_for_inference(model, allow_pickle=allow_pickle or None)
+    m, tok, meta = load_for_inference(model, allow_pickle=allow_pickle or None, strict=strict)
     outs = run_generate(
         m,
         tok,
@@ -95,6 +96,7 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 256,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     allow_pickle: AllowPickleOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Talk to a model in the terminal (empty line or Ctrl-D to quit, /reset to forget).
 
@@ -103,7 +105,7 @@ def chat(
     from smolora.generate import generate as run_generate
     from smolora.model.load import load_for_inference
 
-    m, tok, meta = load_for_inference(model, allow_pickle=allow_pickle or None)
+    m, tok, meta = load_for_inference(model, allow_pickle=allow_pickle or None, strict=strict)
     history: list[dict[str, str]] = []
     console.print(f"[dim]chatting with {model}; empty line to quit, /reset to start over[/]")
     while True:

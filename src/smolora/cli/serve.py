@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from smolora.cli.common import StrictOpt, strict_process
 from smolora.errors import SmoLoRAError
 
 
@@ -133,6 +134,7 @@ def serve(
     max_file_mb: MaxFileMbOption = 64,
     engine: EngineOption = "smolora",
     vllm_python: VllmPythonOption = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Serve an OpenAI-compatible API: /v1/chat/completions (SSE streaming too), /v1/completions, /v1/models.
 
@@ -143,6 +145,7 @@ def serve(
 
     Example: smolora serve runs/quickstart --jobs-dir jobs --jobs-workers 2 --api-key secret
     """
+    strict_process(strict)
     if engine == "vllm":
         from smolora.serve.vllm import launch
 

@@ -27,6 +27,7 @@ import torch
 
 from smolora.config import ModelSection
 from smolora.errors import ModelError
+from smolora.model.lineage import check_lineage
 from smolora.model.store import resolve_model
 from smolora.model.surgery import apply_surgery, decoder_layers, surgery_summary
 from smolora.runs import ADAPTER_DIR, ADAPTER_META, CHECKPOINTS_DIR, CONFIG_FILE, find_adapter_dir, read_meta
@@ -246,12 +247,19 @@ def load_base(cfg: ModelSection, device: str | None = None):
     return model, tokenizer
 
 
-def load_for_inference(name_or_run: str | Path, device: str | None = None, allow_pickle: bool | None = None):
+def load_for_inference(
+    name_or_run: str | Path,
+    device: str | None = None,
+    allow_pickle: bool | None = None,
+    strict: bool | None = None,
+):
     """A run dir, adapter dir or model name -> (model, tokenizer, meta), in eval mode.
 
     For an adapter, its recorded base model and layer surgery are re-applied first, so no
     flag has to be repeated at inference time. `allow_pickle` (default: SMOLORA_ALLOW_PICKLE)
-    is never read from the run itself: a downloaded run must not opt itself in.
+    is never read from the run itself: a downloaded run must not opt itself in. A base whose
+    sha256 differs from the one the adapter recorded warns, or refuses under `strict`
+    (model/lineage.py); the warning is also returned as meta["lineage_warning"].
     """
     from peft import PeftModel
 
@@ -275,6 +283,7 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None, allow
         keep_layers=meta.keep_layers,
         allow_pickle=allow_pickle,
     )
+    lineage = None  # full / freeze weights are the whole model: there is no base to mismatch
     if not (adapter_dir / "adapter_config.json").exists():
         # full / freeze: the directory holds the whole model, already pruned (its config.json
         # lists the surviving layers), so the surgery is not applied a second time.
@@ -298,6 +307,7 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None, allow
     else:
         # PEFT reads adapter_model.safetensors, else adapter_model.bin with weights_only=True.
         weights_format(adapter_dir, allow_pickle, "adapter")
+        lineage = check_lineage(meta, adapter_dir, resolve_model(meta.base_model), strict)
         base, tokenizer = load_base(section, device)
         try:
             model = PeftModel.from_pretrained(base, str(adapter_dir))
@@ -314,4 +324,5 @@ def load_for_inference(name_or_run: str | Path, device: str | None = None, allow
         len(decoder_layers(model)),
         surgery_summary(section.drop_layers, section.keep_layers),
     )
-    return model, tokenizer, {**meta.to_dict(), "adapter": str(adapter_dir)}
+    warned = {"lineage_warning": lineage} if lineage else {}
+    return model, tokenizer, {**meta.to_dict(), "adapter": str(adapter_dir), **warned}

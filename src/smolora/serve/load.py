@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from smolora.errors import ExportError
-from smolora.runs import ADAPTER_DIR, find_adapter_dir, read_meta
+from smolora.runs import ADAPTER_DIR, AdapterMeta, find_adapter_dir, read_meta
 from smolora.serve.batching import Served
 
 
@@ -75,6 +75,7 @@ def load_extra_adapter(
     model: Any, peft_model: bool, meta: dict[str, Any], name: str, path: str, peft_name: str
 ) -> dict[str, Any]:
     """Load one more adapter onto the served PEFT model, if it was trained on the same base and surgery."""
+    from smolora.model.lineage import check_lineage
     from smolora.model.load import pickle_allowed_by_env, unsafe_pickle_error, weights_format
     from smolora.model.store import resolve_model
 
@@ -94,6 +95,8 @@ def load_extra_adapter(
             f"({meta.get('drop_layers')}/{meta.get('keep_layers')}); serve it in its own process"
         )
     weights_format(adapter_dir, pickle_allowed_by_env(), "adapter")  # a pickle only with the opt-in
+    # another base than it was trained on: warn, or under serve --strict refuse (a 400 when hot-loaded)
+    check_lineage(AdapterMeta.from_dict(extra), adapter_dir, resolve_model(base_name))
     try:
         model.load_adapter(str(adapter_dir), adapter_name=peft_name)
     except pickle.UnpicklingError as e:

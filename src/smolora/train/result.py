@@ -19,7 +19,8 @@ from smolora.config import RunConfig
 from smolora.data.encode import PreparedData
 from smolora.durable import fsync_dir
 from smolora.model.adapters import save_weights
-from smolora.model.store import read_manifest, resolve_model
+from smolora.model.lineage import recorded_sha256
+from smolora.model.store import resolve_model
 from smolora.redact import mask_text
 from smolora.runs import ADAPTER_DIR, AdapterMeta, write_meta
 from smolora.train.checkpoints import disk_full_error, fsync_tree, is_disk_full
@@ -81,11 +82,9 @@ def save_adapter(
 
 def adapter_meta(cfg: RunConfig, tokenizer, data: PreparedData, outcome: dict | None = None) -> AdapterMeta:
     """adapter/smolora.json: what loading, serving and exporting need to rebuild the model's inputs."""
-    manifest = read_manifest(resolve_model(cfg.model.name, cfg.model.revision)) or {}
-    weights = manifest.get("files", {}).get("model.safetensors", {})
     return AdapterMeta(
         base_model=cfg.model.name,
-        base_sha256=weights.get("sha256") or manifest.get("source_sha256"),
+        base_sha256=recorded_sha256(resolve_model(cfg.model.name, cfg.model.revision)),
         method=cfg.lora.method,
         drop_layers=cfg.model.drop_layers,
         keep_layers=cfg.model.keep_layers,

@@ -41,6 +41,11 @@ def loaded() -> list[str]:
     return list(_models)
 
 
+def lineage_warning(key: str) -> str | None:
+    """The loader's warning when the run's base is not the one it was trained on (model/lineage.py)."""
+    return _models[key][2].get("lineage_warning") if key in _models else None
+
+
 def stream_answer(
     key: str,
     messages: list[dict[str, str]],

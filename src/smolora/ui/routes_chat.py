@@ -48,7 +48,11 @@ async def chat_stream(req: ChatRequest, ui: UI) -> StreamingResponse:
             key, req.messages, req.max_new_tokens, req.temperature, req.system_prompt, cancel
         )
         try:
+            warned = False
             async for piece in iterate_in_threadpool(pieces):
+                if not warned and (warning := chat.lineage_warning(key)):
+                    warned = True  # the model is loaded by now: say so before its answer
+                    yield _sse({"warning": mask_text(warning)})
                 if piece:
                     yield _sse({"text": piece})
             yield _sse({"done": True})

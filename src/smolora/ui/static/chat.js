@@ -49,6 +49,7 @@ async function ask(col, prompt) {
     },
     (ev) => {
       if (ev.status === "loading") text.textContent = "loading the model…";
+      if (ev.warning) notice($("#chat-notice"), "error", ev.warning); // another base than it was trained on
       if (ev.text) {
         answer += ev.text;
         text.textContent = answer.trimStart(); // leading newlines only push the text down
