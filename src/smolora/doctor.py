@@ -127,8 +127,14 @@ def check_device() -> dict[str, Any]:
         return check("device", "ok", f"cuda: {', '.join(names)}, {memory:.0f} GiB, {bf16}; {cores}")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return check("device", "ok", f"mps (Apple GPU); {cores}")
+    from smolora.model.precision import choose_dtype, cpu_bf16
+
     capability = torch.backends.cpu.get_cpu_capability()
-    return check("device", "ok", f"cpu ({capability}), {cores}; float32 (bf16 and QLoRA need CUDA)")
+    bf16 = ", ".join(cpu_bf16()) or "no native bf16"
+    dtype, why = choose_dtype("auto", "cpu")
+    return check(
+        "device", "ok", f"cpu ({capability}; {bf16}), {cores}; model.dtype auto -> {str(dtype)[6:]} ({why})"
+    )
 
 
 def memory_bytes() -> tuple[int | None, int | None]:
