@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from smolora.errors import SmoLoRAError
-from smolora.runs import EVAL_DIR, EVAL_METRICS, find_adapter_dir, require_run, run_dir_of
+from smolora.runs import EVAL_DIR, EVAL_METRICS, find_adapter_dir, read_meta, require_run, run_dir_of
 
 log = logging.getLogger("smolora")
+COMBINED = "combined"  # the smolora.json key (AdapterMeta.extra) where export/combine.py keeps the lineage
 
 
 def against_runs(run: str | Path, named: list[str] | None) -> list[Path]:
     """--against RUN..., else a combined run's parents; each checked before a model loads."""
-    from smolora.export.combine import parent_runs
-
     runs = [Path(r) for r in named] if named else parent_runs(run)
     for r in runs:
         if find_adapter_dir(r) is None:
@@ -87,3 +86,19 @@ def against_rows(metrics: dict[str, Any], against: dict[str, dict[str, float]]) 
             others = {k: v[name] for k, v in against.items()}
             rows.append({"name": name, "base": metrics["base"].get(name), "others": others, "run": tuned})
     return rows
+
+
+def combined_lineage(run: str | Path) -> dict[str, Any] | None:
+    """smolora.json's `combined` block of a combined run (None for a trained one)."""
+    adapter_dir = find_adapter_dir(run)
+    return read_meta(adapter_dir).extra.get(COMBINED) if adapter_dir else None
+
+
+def parent_runs(run: str | Path) -> list[Path]:
+    """The parents of a combined run, where they are now (their recorded path, else beside it by name)."""
+    lineage = combined_lineage(run) or {}
+    found = []
+    for p in lineage.get("parents", []):
+        recorded, sibling = Path(p["path"]), Path(run).resolve().parent / p["name"]
+        found.append(recorded if recorded.is_dir() else sibling)
+    return found

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from smolora.errors import ExportError
+from smolora.eval.against import COMBINED
 from smolora.runs import (
     ADAPTER_DIR,
     CONFIG_FILE,
@@ -58,7 +59,6 @@ SAME_RANK = ("linear", "ties", "dare_ties")  # PEFT combines A and B entrywise: 
 USES_DENSITY = ("ties", "dare_ties")
 DEFAULT_DENSITY = 0.5
 SEED = 0  # dare_ties drops entries at random: the same parents give the same adapter
-COMBINED = "combined"  # the smolora.json key (AdapterMeta.extra) that holds the lineage
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -301,19 +301,3 @@ def write_config(first_run: Path, path: Path, final: Path, rank: int) -> None:
     cfg.setdefault("output", {}).update({"dir": str(final.parent), "name": final.name})
     cfg.setdefault("lora", {}).update({"method": "lora", "r": rank, "alpha": float(rank)})  # PEFT: alpha = r
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-
-def combined_lineage(run: str | Path) -> dict[str, Any] | None:
-    """smolora.json's `combined` block of a combined run (None for a trained one)."""
-    adapter_dir = find_adapter_dir(run)
-    return read_meta(adapter_dir).extra.get(COMBINED) if adapter_dir else None
-
-
-def parent_runs(run: str | Path) -> list[Path]:
-    """The parents of a combined run, where they are now (their recorded path, else beside it by name)."""
-    lineage = combined_lineage(run) or {}
-    found = []
-    for p in lineage.get("parents", []):
-        recorded, sibling = Path(p["path"]), Path(run).resolve().parent / p["name"]
-        found.append(recorded if recorded.is_dir() else sibling)
-    return found
