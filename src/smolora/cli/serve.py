@@ -172,7 +172,9 @@ def serve(
     )
 
 
-def jobs_settings(model: str, jobs_dir: Path | None, workers: int, config: Path | None, max_file_mb: int) -> dict:
+def jobs_settings(
+    model: str, jobs_dir: Path | None, workers: int, config: Path | None, max_file_mb: int
+) -> dict:
     """The job queue's settings; its template is --jobs-config, else the served run's own config."""
     from smolora.runs import ADAPTER_DIR, CONFIG_FILE, smolora_home
 
