@@ -92,6 +92,12 @@ class Served:
     tok_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="smolora-tokenize")
     )
+    # Every forward pass runs on this one thread. Each thread that calls torch gets its own OpenMP
+    # team; asyncio.to_thread's pool alternates threads, and two teams on 2 cores took a decoding
+    # step from 58 to 120 ms (docs/benchmarks.md).
+    model_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="smolora-model")
+    )
     wake: asyncio.Event | None = None
     # Work that must not race a forward pass (loading or unloading an adapter): run by the
     # worker between decoding steps, see `between_steps`.
@@ -105,6 +111,11 @@ async def between_steps(served: Served, fn: Any) -> Any:
     if served.wake is not None:
         served.wake.set()
     return await asyncio.wrap_future(done)
+
+
+async def on_model_thread(served: Served, fn: Any, *args: Any) -> Any:
+    """`fn(*args)` on the model's own thread (see Served.model_pool), awaited."""
+    return await asyncio.get_running_loop().run_in_executor(served.model_pool, fn, *args)
 
 
 def run_chores(served: Served) -> None:
@@ -310,12 +321,12 @@ async def batch_loop(served: Served) -> None:
     while True:
         while not served.pending:
             if not served.chores.empty():
-                await asyncio.to_thread(run_chores, served)
+                await on_model_thread(served, run_chores, served)
                 continue
             served.wake.clear()
             await served.wake.wait()
         if not served.chores.empty():
-            await asyncio.to_thread(run_chores, served)
+            await on_model_thread(served, run_chores, served)
         if queued(served) < served.max_batch:
             await asyncio.sleep(served.batch_wait)  # let requests sent together share the batch
         if not served.pending:  # all of them cancelled meanwhile
@@ -324,7 +335,7 @@ async def batch_loop(served: Served) -> None:
         served.current = jobs
         served.stats["batches"] += 1
         try:
-            await asyncio.to_thread(run_batch, served, jobs)
+            await on_model_thread(served, run_batch, served, jobs)
         except Exception:  # a failed batch answers its own requests, the server lives on
             # The exception text (shapes, paths) goes to the log; clients get a reference to it.
             ref = uuid.uuid4().hex[:8]

@@ -43,6 +43,7 @@ from smolora.serve.batching import (
     Served,
     emit,
     finish,
+    on_model_thread,
     peft_name,
     queued,
     run_chores,
@@ -295,7 +296,7 @@ async def engine_loop(served: Served) -> None:
         new = take_new(served, served.max_batch - len(engine.rows()))
         served.current = engine.rows() + new
         try:
-            await asyncio.to_thread(engine.iterate, new)
+            await on_model_thread(served, engine.iterate, new)
         finally:
             for job in new:  # a job the engine never saw to the end (a failed prefill) still gets closed
                 if job.finish is None and all(job is not r for r in engine.rows()):
