@@ -186,6 +186,12 @@ class TrainSection(ObjectiveFields, Section):
         False, description="torch.compile the decoder layers (fuses element-wise ops; slow first steps)."
     )
     liger: bool = Field(True, description="Use Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA when installed.")
+    fuse_projections: bool | Literal["auto"] = Field(
+        "auto",
+        description="Compute the LoRA projections that share an input (q, k, v; gate, up) as one group "
+        "and RMSNorm as F.rms_norm (model/fused.py); auto: where measured not slower; PEFT's own path "
+        "wherever that would not be exact.",
+    )
     accelerate_config: str | None = Field(
         None, description="accelerate config file (FSDP, DeepSpeed ZeRO, nodes); see examples/accelerate/."
     )
@@ -209,6 +215,16 @@ class TrainSection(ObjectiveFields, Section):
         if number <= 0 or number != number or number in (float("inf"), float("-inf")):
             raise ValueError("must be above 0 (or 'auto')")
         return int(number) if whole else number
+
+    @field_validator("fuse_projections", mode="before")
+    @classmethod
+    def _switch_or_auto(cls, v: Any) -> Any:
+        # One line for a bad value instead of one per union member.
+        if v == "auto" or isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+            return v.strip().lower() == "true"
+        raise ValueError("must be true, false or 'auto'")
 
     @field_validator("report_to")
     @classmethod

@@ -89,8 +89,10 @@ def run_smolora(
     threads: int | None = None,
     profile: bool = False,
     lowmem: bool = False,
+    fuse: bool | None = None,
 ) -> dict[str, Any]:
-    """SmoLoRA's default fast path, or (lowmem) with gradient checkpointing for memory."""
+    """SmoLoRA's default fast path, or (lowmem) with gradient checkpointing for memory, or (fuse)
+    with train.fuse_projections set (model/fused.py), named smolora-fused / smolora-unfused."""
     cmd = worker_command(["train", "--model", str(model_dir), "--data", str(data)])
     cmd += ["--steps", str(steps), "--warmup", str(warmup)]
     if threads:
@@ -99,5 +101,9 @@ def run_smolora(
         cmd += ["--profile"]
     if lowmem:
         cmd += ["--lowmem"]
+    if fuse is not None:
+        cmd += ["--fuse", "true" if fuse else "false"]
     name = "smolora-lowmem" if lowmem else "smolora"
+    if fuse is not None:
+        name += "-fused" if fuse else "-unfused"
     return {"name": name, **run_json_process(cmd, "SMOLORA_RESULT ")}

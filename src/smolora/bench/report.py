@@ -18,8 +18,10 @@ from typing import Any
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def command_line(steps: int, warmup: int, modes: list[str], skip: bool, json_out: Path | None) -> str:
-    cmd = f"smolora bench --steps {steps} --warmup {warmup}"
+def command_line(
+    steps: int, warmup: int, modes: list[str], skip: bool, json_out: Path | None, fusion: bool = False
+) -> str:
+    cmd = f"smolora bench --steps {steps} --warmup {warmup}" + (" --fusion" if fusion else "")
     cmd += " --skip-peers" if skip else f" --peers {','.join(modes)}"
     return cmd + (f" --json {json_out}" if json_out else "")
 

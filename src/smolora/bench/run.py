@@ -36,6 +36,7 @@ def bench_config(
     warmup: int,
     threads: int | None,
     lowmem: bool = False,
+    fuse: str | None = None,
 ):
     from smolora.config import load_config
 
@@ -59,6 +60,8 @@ def bench_config(
         overrides.append(f"train.threads={threads}")
     if lowmem:
         overrides.append("model.gradient_checkpointing=true")
+    if fuse:  # auto|true|false: `smolora bench --fusion` runs the other one beside the default
+        overrides.append(f"train.fuse_projections={fuse}")
     return load_config(None, overrides)
 
 
@@ -78,6 +81,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
             args.warmup,
             args.threads,
             args.lowmem,
+            args.fuse,
         )
         tokenizer = load_tokenizer(args.model)
         t0 = time.perf_counter()
@@ -101,6 +105,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         "first_loss": clock.losses[0] if clock.losses else None,
         "last_loss": clock.losses[-1] if clock.losses else None,
         "threads": torch.get_num_threads(),
+        "fuse_projections": cfg.train.fuse_projections,
         "steps": args.steps,
         "warmup": args.warmup,
         "rows": rows,
@@ -229,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--lowmem", action="store_true")
+    p.add_argument("--fuse", choices=["auto", "true", "false"])
     p.add_argument("--convert", action="store_true")
     p.add_argument("--home")
     p.add_argument("--prompts", type=int, default=8)

@@ -1,8 +1,9 @@
 """`smolora bench` from start to end: the machine, every training run, load and generation, in one report.
 
 One process per measurement, one after another (bench/launch.py): SmoLoRA's fast path, then
-(lowmem) with gradient checkpointing, then each peer when benchmarks/run_peers.py is in this
-checkout; then the fp32 matmul ceiling's share, model load time, preprocessing and generation.
+(fusion) with train.fuse_projections the other way, (lowmem) with gradient checkpointing, then
+each peer when benchmarks/run_peers.py is in this checkout; then the fp32 matmul ceiling's
+share, model load time, preprocessing and generation.
 
 Run as:
     report = run_suite("smollm2-135m", Path("bench.jsonl"), steps=10, warmup=2)
@@ -41,6 +42,7 @@ def run_suite(
     extras: bool = True,
     convert: bool = False,
     serve: bool = False,
+    fusion: bool = False,
 ) -> dict[str, Any]:
     """Everything `smolora bench` measures, as one dict (the report); `peers` runs `modes` (run_peers.py)."""
     import torch
@@ -62,6 +64,14 @@ def run_suite(
     console.print(f"smolora: {warmup} + {steps} steps ...")
     runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, profile))
     show_progress(runs[-1])
+    if fusion:  # the same run with the projections fused the other way from the default
+        from smolora.model.load import pick_device
+        from smolora.train.speed import FUSE_AUTO_DEVICES
+
+        other = pick_device() not in FUSE_AUTO_DEVICES
+        console.print(f"smolora, train.fuse_projections={str(other).lower()}: {warmup} + {steps} steps ...")
+        runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, fuse=other))
+        show_progress(runs[-1])
     if lowmem:
         console.print(f"smolora-lowmem (gradient checkpointing): {warmup} + {steps} steps ...")
         runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, lowmem=True))

@@ -56,6 +56,7 @@ def bench(
         bool, typer.Option(help="Also run SmoLoRA with gradient checkpointing (the memory target).")
     ] = True,
     extras: Annotated[bool, typer.Option(help="Load, preprocessing and generation measurements.")] = True,
+    fusion: Annotated[bool, typer.Option("--fusion", help="Also SmoLoRA with fusion the other way.")] = False,
     dpo: Annotated[bool, typer.Option("--dpo", help="Instead: our DPO vs TRL's DPOTrainer.")] = False,
     rounds: Annotated[int, typer.Option(min=1, help="--dpo: runs of each side, alternating.")] = 1,
 ) -> None:
@@ -89,7 +90,7 @@ def bench(
         steps,
         warmup,
         threads,
-        command=command_line(steps, warmup, modes, skip_peers, json_out),
+        command=command_line(steps, warmup, modes, skip_peers, json_out, fusion),
         modes=modes,
         peers=runner,
         peers_dir=peers_dir,
@@ -98,8 +99,14 @@ def bench(
         extras=extras,
         convert=convert,
         serve=serve,
+        fusion=fusion,
     )
     print_report(report)
+    save_report(report, docs, json_out)
+
+
+def save_report(report: dict[str, Any], docs: Path | None, json_out: Path | None) -> None:
+    """--docs: the generated block of that Markdown file; --json: the records, and everything beside them."""
     if docs:
         docs.parent.mkdir(parents=True, exist_ok=True)
         write_docs(docs, markdown(report))

@@ -1,7 +1,8 @@
 """Load a base model for training or a fine-tuned one for inference.
 
-Device: CUDA, then MPS, then CPU. Dtype: bf16 on CUDA that supports it, float32 elsewhere
-(this CPU has no bf16 instructions). Layer surgery is applied before any adapter.
+Device: CUDA, then MPS, then CPU. Dtype: model/precision.py's choice for `model.dtype: auto`
+(bf16 on CUDA that supports it; float32 on CPUs, with or without native bf16, as measured).
+Layer surgery is applied before any adapter.
 
 Weights load from safetensors only. A directory holding only pickle weights
 (`pytorch_model.bin`, `adapter_model.bin`, `*.pt`) is refused unless the user opts in
@@ -28,6 +29,7 @@ import torch
 from smolora.config import ModelSection
 from smolora.errors import ModelError
 from smolora.model.lineage import check_lineage
+from smolora.model.precision import choose_dtype
 from smolora.model.store import resolve_model
 from smolora.model.surgery import apply_surgery, decoder_layers, surgery_summary
 from smolora.runs import ADAPTER_DIR, ADAPTER_META, CHECKPOINTS_DIR, CONFIG_FILE, find_adapter_dir, read_meta
@@ -138,15 +140,18 @@ def pick_device(pref: str = "auto") -> str:
 
 
 def pick_dtype(pref: str, device: str) -> torch.dtype:
-    """The dtype to load and compute in: `model.dtype` when set, else bf16 where the GPU has it, else fp32.
+    """The dtype to load and compute in: `model.dtype` when set, else what the hardware makes pay.
 
-    The one place this is decided: the fast path's bf16 autocast and the Unsloth loader ask here.
+    The one place this is asked (the fast path's bf16 autocast and the Unsloth loader too);
+    model/precision.py decides, from the CPU's own flags or the GPU (its reason: precision_line).
     """
-    if pref != "auto":
-        return getattr(torch, pref)
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    return choose_dtype(pref, device)[0]
+
+
+def precision_line(pref: str, device: str) -> str:
+    """'float32 (auto: CPU without native bf16 ...)': what the train log says once, at the start."""
+    dtype, why = choose_dtype(pref, device)
+    return f"{str(dtype).removeprefix('torch.')} ({why})"
 
 
 def physical_cores() -> int:

@@ -29,7 +29,7 @@ from smolora.eval.evaluate import SampleGenerations
 from smolora.eval.rewards import load_rewards
 from smolora.logs import setup_logging
 from smolora.model.adapters import METHODS, continue_adapter, start_adapter, trainable_summary
-from smolora.model.load import load_base, physical_cores, pick_device
+from smolora.model.load import load_base, physical_cores, pick_device, precision_line
 from smolora.model.store import resolve_model
 from smolora.model.unsloth import load_unsloth
 from smolora.runs import (
@@ -256,6 +256,11 @@ def train(
     with state.local_main_process_first():  # a first-time model conversion happens once per node
         resolve_model(cfg.model.name, cfg.model.revision)
     unsloth = cfg.model.backend == "unsloth"  # loads the model and adds LoRA in one go (CUDA only)
+    own = unsloth and cfg.model.dtype == "auto"  # Unsloth picks for auto itself (model/unsloth.py)
+    log.info(
+        "precision: %s",
+        "Unsloth's own (model.dtype=auto)" if own else precision_line(cfg.model.dtype, device),
+    )
     model, tokenizer = load_unsloth(cfg, device) if unsloth else load_base(cfg.model, device)
     log.info(
         "model %s: %d layers on %s (%s)", cfg.model.name, model.config.num_hidden_layers, device, model.dtype

@@ -22,15 +22,19 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from typing import Any
 
 import torch
 from torch import nn
 
 from smolora.config import RunConfig
+from smolora.model.fused import fuse_projections, use_fused_rms_norm
 from smolora.model.load import pick_dtype
 
 log = logging.getLogger("smolora")
+# Where `train.fuse_projections: auto` fuses: measured not slower there (docs/benchmarks.md).
+FUSE_AUTO_DEVICES = ("cpu",)
 
 
 # --- dropout that draws p*n random numbers instead of n ----------------------------------------
@@ -133,6 +137,19 @@ def pick_batching(cfg: RunConfig, device: str) -> str:
     return "packed" if flash_attention_ready(cfg, device) else "bucketed"
 
 
+def pick_fusion(cfg: RunConfig, device: str) -> bool:
+    """train.fuse_projections: true fuses wherever it can be exact (model/fused.py falls back per
+    module); auto only on a CPU, where it was measured (docs/benchmarks.md). Never for methods that
+    are not vanilla LoRA, quantized or Unsloth models, compiled layers, or several processes."""
+    setting = cfg.train.fuse_projections
+    plain = cfg.lora.method in ("lora", "rslora") and cfg.model.backend == "hf"
+    plain = plain and not (cfg.model.load_in_4bit or cfg.model.load_in_8bit or cfg.train.compile)
+    alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1  # FSDP/ZeRO reshape the weights: not measured
+    if setting is False or not (plain and alone):
+        return False
+    return setting is True or device in FUSE_AUTO_DEVICES
+
+
 def fast_path(cfg: RunConfig, device: str) -> dict[str, Any]:
     """What this run uses to go fast on `device`, as a plain dict (the recipe logs it)."""
     cuda = device == "cuda"
@@ -151,6 +168,7 @@ def fast_path(cfg: RunConfig, device: str) -> dict[str, Any]:
         "compile": cfg.train.compile,
         "liger": cuda and cfg.train.liger and installed("liger_kernel"),
         "backend": cfg.model.backend,
+        "fuse": pick_fusion(cfg, device),
         # Trainer's bf16 autocast: on a GPU with bf16 kernels, when the weights load in bf16.
         "bf16": cuda
         and torch.cuda.is_bf16_supported()
@@ -165,6 +183,11 @@ def apply_fast_path(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     """Apply the model-side tricks of `plan` in place (batching is the trainer's business)."""
     if plan["dropout"] == "sparse":
         use_sparse_dropout(model)
+    if plan.get("fuse"):
+        groups, norms = fuse_projections(model), use_fused_rms_norm(model)
+        log.info(
+            "fused projections: %d groups (q,k,v and gate,up share an input), %d RMSNorms", groups, norms
+        )
     if plan["liger"]:
         use_liger(model)
     if plan["compile"]:
