@@ -163,18 +163,21 @@ def open_view(page, view: str) -> None:
     page.wait_for_selector(f"#view-{view}:not([hidden])")
 
 
+def fill_tiny_run(page, name: str, steps: int, *more: str) -> None:
+    """The Train form for a tiny run of `steps` (checkpoints every 1000); `more`: field, value, ..."""
+    values = ["model.name", "tiny-llama", "data.path", "qa.jsonl", "data.max_length", "64"]
+    values += ["train.batch_size", "4", "train.lr", "0.01", "train.max_steps", str(steps)]
+    values += ["train.save_every", "1000", *more, "output.name", name]
+    for field, value in zip(values[::2], values[1::2], strict=True):
+        page.fill(f'[name="{field}"]', value)
+    page.wait_for_function(f"document.querySelector('#preview-yaml').textContent.includes('name: {name}')")
+    page.wait_for_selector("#config-state .ok")
+
+
 def test_train_from_the_form_chart_gains_points_then_stop_keeps_a_checkpoint(page, workspace):
     open_view(page, "train")
-    page.fill('[name="model.name"]', "tiny-llama")
-    page.fill('[name="data.path"]', "qa.jsonl")
-    page.fill('[name="data.max_length"]', "64")
-    page.fill('[name="train.batch_size"]', "4")
-    page.fill('[name="train.lr"]', "0.01")
-    page.fill('[name="train.max_steps"]', "3000")
-    page.fill('[name="train.save_every"]', "1000")  # so the newest checkpoint below is the Stop's own
-    page.fill('[name="train.eval_every"]', "10")
-    page.fill('[name="output.name"]', "browser-run")
-    page.wait_for_selector("#config-state .ok")
+    # save_every 1000: so the newest checkpoint below is the Stop's own
+    fill_tiny_run(page, "browser-run", 3000, "train.eval_every", "10")
     assert "smolora train configs/browser-run.yaml" in page.text_content("#preview-command")
     assert "name: tiny-llama" in page.text_content("#preview-yaml")
 
@@ -364,3 +367,33 @@ def test_the_form_has_the_objective_and_the_chart_shows_its_metrics(page):
     assert "reward margin" in legend and "eval reward accuracy" in legend and "reward chosen" not in legend
     assert page.get_attribute("#objective-chart", "data-points") == "3"
     page.unroute("**/api/train/status*")
+
+
+def test_two_starts_queue_and_the_runs_view_cancels_each(page):
+    # One worker (the default): the first Start trains, the second waits in the queue.
+    open_view(page, "train")
+    fill_tiny_run(page, "queue-a", 3000)
+    page.click("#start-btn")
+    page.wait_for_selector("#train-state .badge-running", timeout=WAIT_MS)
+    fill_tiny_run(page, "queue-b", 20)
+    page.click("#start-btn")  # still enabled while a run trains: more queue behind it
+    page.wait_for_selector("#train-state .badge-queued")
+    assert "queued" in page.text_content("#progress-text")
+
+    open_view(page, "runs")
+    row = lambda name: page.locator("#queue-table tbody tr", has_text=name)  # noqa: E731
+    row("queue-b").locator(".badge-queued").wait_for()
+    row("queue-a").locator(".badge-running").wait_for()
+    # the running job's step and loss, from its events (the list refreshes itself)
+    row("queue-a").locator(".job-progress", has_text="loss").wait_for(timeout=WAIT_MS)
+    assert "waiting: next" in row("queue-b").text_content()
+    screenshot(page, "queue")
+
+    row("queue-b").locator("button.cancel").click()
+    row("queue-b").locator(".badge-stopped").wait_for()
+    assert "cancelled queue-b" in page.text_content("#queue-notice")
+    row("queue-a").locator("button.cancel").click()
+    row("queue-a").locator(".badge-stopped").wait_for(timeout=WAIT_MS)
+    row("queue-a").locator("button", has_text="watch").click()  # the Train view shows that job
+    page.wait_for_selector("#view-train:not([hidden]) #train-state .badge-stopped")
+    assert "queue-a" in page.text_content("#train-state")

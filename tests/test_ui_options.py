@@ -40,7 +40,8 @@ def wait(client, url: str) -> dict:
     """The job's state once it is no longer running (a bound only so a hang fails, not a timing)."""
     deadline = time.time() + 600
     status = client.get(url).json()
-    while status["state"] in ("running", "stopping") and time.time() < deadline:  # stopping: SIGINT sent
+    # stopping: the signal is sent; queued: a training job waits for the queue's worker
+    while status["state"] in ("queued", "running", "stopping") and time.time() < deadline:
         time.sleep(0.5)
         status = client.get(url).json()
     return status

@@ -2,8 +2,9 @@
 
 The launch token (cookie or Bearer) on every /api route, the Host check on every bind, the
 Origin check on writes, anti-framing headers, remote code refused from the browser, one
-training start at a time, aborted chats that stop generating, masked configs and console
-logs on disk, the Data view's capped worker, and the `smolora ui` options behind all that.
+queued job per run directory (more in test_ui_queue.py), aborted chats that stop generating,
+masked configs and console logs on disk, the Data view's capped worker, and the `smolora ui`
+options behind all that.
 """
 
 from __future__ import annotations
@@ -156,32 +157,35 @@ def test_remote_code_and_pickles_are_refused_from_the_browser(ui_client, ui_ws):
         assert view["ok"], view["problems"]
 
 
-def test_a_second_start_while_the_first_is_being_set_up_gets_409(ui_client, ui_ws, monkeypatch):
-    from smolora.ui import jobs, training
+def test_a_second_start_while_the_first_is_being_set_up_gets_409(ui_ws, monkeypatch):
+    from smolora.ui import queued
 
     entered, release = threading.Event(), threading.Event()
+    real = queued.submit_training
 
     def slow_start(*args, **kwargs):
         entered.set()
-        release.wait(10)  # old code: the second request comes in here too instead of a 409
-        argv = [sys.executable, "-c", "import time; time.sleep(60)"]
-        return jobs.start_job(
-            "train", argv, ui_ws, ui_ws / "slow.log", run_dir=ui_ws / "runs" / "slow", name="slow"
-        )
+        release.wait(10)  # without the lock, the second request comes in here too and queues again
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "start_training", slow_start)
-    body = {"overrides": ["data.path=qa.jsonl"]}
-    first: list = []
-    thread = threading.Thread(target=lambda: first.append(ui_client.post("/api/train/start", json=body)))
-    thread.start()
-    assert entered.wait(30)
-    second = ui_client.post("/api/train/start", json=body)
-    release.set()
-    thread.join(30)
-    assert second.status_code == 409 and "already" in second.json()["error"]
-    assert first[0].status_code == 200
-    assert ui_client.post("/api/train/start", json=body).status_code == 409  # running now: still one
-    ui_client.post("/api/train/stop")
+    monkeypatch.setattr(queued, "submit_training", slow_start)
+    body = {"overrides": ["model.name=tiny-llama", "data.path=qa.jsonl", "output.name=slow"]}
+    app = create_app(ui_ws, token=UI_TOKEN, workers=0)  # no worker: the job stays queued
+    with TestClient(app, base_url=UI_BASE, headers=UI_HEADERS) as c:
+        answers: list = []
+        post = lambda: answers.append(c.post("/api/train/start", json=body))  # noqa: E731
+        first, second = threading.Thread(target=post), threading.Thread(target=post)
+        first.start()
+        assert entered.wait(30)
+        second.start()
+        time.sleep(0.5)  # time to reach the lock; had it not, it must still get the 409
+        release.set()
+        first.join(30)
+        second.join(30)
+        assert sorted(r.status_code for r in answers) == [200, 409]
+        assert any("already queued" in r.json().get("error", "") for r in answers)
+        assert c.post("/api/train/start", json=body).status_code == 409  # queued now: still one
+        assert c.post("/api/train/stop").json()["state"] == "stopped"
 
 
 # --- chat -----------------------------------------------------------------------------------------
@@ -254,7 +258,9 @@ def test_configs_written_by_the_ui_are_masked(ui_client, ui_ws):
     written = (ui_ws / "configs" / "masked.yaml").read_text()
     assert SECRET not in written and "hf_***" in written
     deadline = time.time() + 300
-    while ui_client.get("/api/train/status").json()["state"] == "running" and time.time() < deadline:
+    while (
+        ui_client.get("/api/train/status").json()["state"] in ("queued", "running") and time.time() < deadline
+    ):
         time.sleep(0.5)
     for f in ui_ws.rglob("*"):
         if f.is_file() and f.suffix in (".yaml", ".log", ".json", ".jsonl"):

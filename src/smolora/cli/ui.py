@@ -16,6 +16,14 @@ from typing import Annotated
 import typer
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+JobsWorkers = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Training jobs run at once from the workspace's queue (WORKSPACE/.smolora/jobs); "
+        "the rest wait their turn. 0: only queue them (a UI started with workers runs them).",
+    ),
+]
 
 
 def ui(
@@ -49,10 +57,13 @@ def ui(
             help="Let the browser set model.trust_remote_code and model.allow_pickle (refused otherwise).",
         ),
     ] = False,
+    jobs_workers: JobsWorkers = 1,
 ) -> None:
     """Open the web UI: train, watch, compare, chat, export and manage models in the browser.
 
-    Every file the browser names must lie inside --workspace; training runs `smolora train` there.
+    Every file the browser names must lie inside --workspace; training runs `smolora train` there,
+    one queued job after another (the queue survives a restart: `smolora jobs list --jobs-dir
+    WORKSPACE/.smolora/jobs`).
 
     Example: smolora ui --port 7860 --workspace .
     """
@@ -84,7 +95,7 @@ def ui(
     # Work where the CLI would: relative paths in configs and in runs' smolora.json (a base model
     # given as `my-model/`) then mean the same to the UI as to `smolora train` run in the workspace.
     os.chdir(workspace)
-    app = create_app(Path("."), token=token, allowed_hosts=hosts, allow_remote_code=allow_remote_code)
+    app = create_app(Path("."), token, hosts, allow_remote_code, workers=jobs_workers)
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     url = f"http://{url_host}:{port}/?token={token}"
     console.print(f"SmoLoRA UI on [bold]{url}[/]  (workspace {Path.cwd()})", soft_wrap=True, highlight=False)

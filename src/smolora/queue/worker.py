@@ -149,7 +149,9 @@ def run_job(workers: dict[str, Any], job: dict[str, Any]) -> None:
 def resume_flag(root: Path, job: dict[str, Any]) -> list[str]:
     """["--resume"] for a job that ran before and left an intact checkpoint; its event says which."""
     if job["attempts"] <= 1:
-        return []
+        # The UI's resume box: continue that run's last checkpoint (train says if there is none).
+        asked = job["source"] == "ui" and (job["metadata"] or {}).get("resume") is True
+        return ["--resume"] if asked else []
     run_dir = Path(job["run_dir"])
     checkpoint, _ = good_checkpoint(run_dir)
     if checkpoint is None:

@@ -2,7 +2,8 @@
 
 A FastAPI app (`app.py`) serving a small hand-written front end (`static/`: HTML, JS, CSS,
 no build step, nothing fetched from the network). It is a client of the same config and
-the same CLI as the terminal: training runs `smolora train CONFIG` as a subprocess.
+the same CLI as the terminal: training runs `smolora train CONFIG` as a subprocess, queued
+on the workspace's job queue (`queued.py`, the database `smolora jobs` reads).
 
 Run as:
     smolora ui --port 7860 --workspace .

@@ -1,13 +1,15 @@
 """The web UI's FastAPI app: the guard, one router per view, the static front end.
 
-Training, evaluation, export and model pulls run the `smolora` CLI as subprocesses (no
-shell); the Train form is validated by `build_config`; the Data view calls `inspect_data`;
-Chat loads models with `load_for_inference`. Every path from the browser goes through
-`safe_path` (inside the workspace, else 403). Who may call the API at all (the launch
-token, the Host and Origin checks, anti-framing headers) is decided in `guard.py`.
+Training goes through the workspace's job queue (ui/queued.py: `<workspace>/.smolora/jobs`,
+worker threads started with the app); evaluation, export and model pulls run the `smolora`
+CLI as subprocesses (no shell); the Train form is validated by `build_config`; the Data
+view calls `inspect_data`; Chat loads models with `load_for_inference`. Every path from the
+browser goes through `safe_path` (inside the workspace, else 403). Who may call the API at
+all (the launch token, the Host and Origin checks, anti-framing headers) is decided in
+`guard.py`.
 
 Each view's routes are in `routes_<view>.py` (page, train, data, runs, jobs, chat, export,
-models); what they share (the workspace, the jobs) is a `UIState` on `app.state.ui`.
+models); what they share (the workspace, the queue, the jobs) is a `UIState` on `app.state.ui`.
 
 Run as:
     import uvicorn
@@ -62,17 +64,19 @@ def create_app(
     token: str | None = None,
     allowed_hosts: list[str] | None = None,
     allow_remote_code: bool = False,
+    workers: int = 1,
 ) -> FastAPI:
     """The UI app; `token` (default: a fresh random one, in `app.state.token`) opens its API.
 
     `allowed_hosts`: Host names accepted (default: loopback only). `allow_remote_code`: let the
     browser set model.trust_remote_code / model.allow_pickle (off: refused with the field named).
+    `workers`: training jobs this app runs at once from the queue (0: it only queues them).
     """
     # The UI itself never goes online: hub lookups fail fast unless the user started it with
     # HF_HUB_OFFLINE=0 on purpose.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = FastAPI(title="SmoLoRA", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.ui = UIState(workspace.resolve(), allow_remote_code)
+    app.state.ui = UIState(workspace.resolve(), allow_remote_code, workers)
     app.state.token = token or new_token()
     hosts = [h.lower().strip("[]") for h in allowed_hosts] if allowed_hosts else loopback_hosts("127.0.0.1")
     app.add_middleware(guard, token=app.state.token, hosts=hosts)
@@ -88,10 +92,18 @@ def create_app(
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    yield
+    import asyncio
+
+    from smolora.queue.worker import start_workers, stop_workers
     from smolora.ui.inspect import stop_worker
 
-    jobs.stop_all(app.state.ui.jobs)  # a clean stop (checkpoint kept) rather than orphans
+    ui = app.state.ui
+    if ui.workers > 0:  # they also put back a job a dead UI left running (it then resumes)
+        ui.handle = start_workers(ui.queue, ui.workers)
+    yield
+    if ui.handle is not None:  # running jobs stop cleanly (checkpoint) and stay queued for next time
+        await asyncio.to_thread(stop_workers, ui.handle)
+    jobs.stop_all(ui.jobs)  # a clean stop (checkpoint kept) rather than orphans
     stop_worker()
 
 

@@ -1,4 +1,4 @@
-"""What the UI's routes share, on `app.state.ui`: the workspace, the jobs it started, the training run.
+"""What the UI's routes share, on `app.state.ui`: the workspace, its job queue, the jobs it started.
 
 A route takes it as a parameter typed `UI` (FastAPI hands it over from the app), so no
 route is a closure over `create_app`'s locals. The helpers below are the few questions
@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from smolora.ui import jobs, runs
+from smolora.ui import jobs, queued, runs
 from smolora.ui.workspace import safe_path
 
 
@@ -28,11 +28,18 @@ from smolora.ui.workspace import safe_path
 class UIState:
     workspace: Path  # resolved; every browser path lies inside it
     allow_remote_code: bool = False  # `smolora ui --allow-remote-code`
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> job (train, eval, export, pull)
-    train: dict[str, Any] | None = None  # the training job the Train view follows
-    # Held from the 409 check until the new job is recorded: two clicks on Start arrive as two
+    workers: int = 1  # `smolora ui --jobs-workers`: training jobs run at once from this UI
+    queue: Path | None = None  # the training queue's directory (ui/queued.py); made if not given
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> job (eval, export, pull)
+    handle: dict[str, Any] | None = None  # the queue's worker threads (queue/worker.py)
+    seen: dict[str, list] = field(default_factory=dict)  # job id -> (time, step) for the Train view's ETA
+    # Held from the 409 check until the new job is queued: two clicks on Start arrive as two
     # requests in two threadpool threads, and both must not pass the check.
     starting: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.queue is None:  # created here: every route may read it before a job was queued
+            self.queue = queued.queue_root(self.workspace)
 
 
 async def ui_state(request: Request) -> UIState:
@@ -51,18 +58,12 @@ def run_path(ui: UIState, user_path: str) -> Path:
 
 
 def runs_dirs(ui: UIState) -> list[Path]:
-    """runs/ of the workspace, and the output.dir of every run started from this UI."""
-    dirs = {ui.workspace / "runs"}
-    dirs.update(j["run_dir"].parent for j in ui.jobs.values() if j["kind"] == "train")
-    return sorted(dirs)
+    """runs/ of the workspace, and the output.dir of every run the queue lists."""
+    return sorted({ui.workspace / "runs", *queued.run_parents(ui.queue, ui.workspace)})
 
 
 def running_runs(ui: UIState) -> set[str]:
-    return {
-        str(j["run_dir"].resolve())
-        for j in ui.jobs.values()
-        if j["kind"] == "train" and j["proc"].poll() is None
-    }
+    return queued.running_runs(ui.queue)
 
 
 def job_view(job: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,10 @@
-"""The Train view's server side: form -> config -> YAML file -> `smolora train` subprocess -> metrics.
+"""The Train view's server side: form -> config -> YAML file -> the job queue -> metrics.
 
 The form sends `--set`-style overrides (`train.lr=1e-4`), the same strings the CLI takes,
 so the config is built by the same `apply_overrides` + `build_config` as `smolora train`.
 Starting writes `configs/<name>.yaml` in the workspace (tokens and keys masked, as in every
-config SmoLoRA writes) and runs the CLI on it; progress is followed from the run's
-`metrics.jsonl` (and `train.log` for the step total).
+config SmoLoRA writes), which ui/queued.py hands to the queue; progress is followed from the
+run's `metrics.jsonl` (and `train.log` for the step total).
 
 Run as:
     view = preview(["model.name=tiny", "train.max_steps=20"], Path("."))
@@ -28,7 +28,6 @@ from smolora.config_problems import MAX_PROBLEMS
 from smolora.errors import ConfigError, DatasetError
 from smolora.redact import mask_data
 from smolora.runs import CHECKPOINTS_DIR, METRICS_FILE, live_dir
-from smolora.ui.jobs import cli_argv, start_job
 from smolora.ui.workspace import OutsideWorkspace, check_data_path, relative, safe_path
 
 SECTIONS = list(RunConfig.model_fields)
@@ -145,34 +144,24 @@ def preview(overrides: list[str], workspace: Path, allow_remote_code: bool = Fal
     }
 
 
-def start_training(
-    overrides: list[str], workspace: Path, resume: bool = False, allow_remote_code: bool = False
-) -> dict[str, Any]:
-    """Write configs/<name>.yaml and start `smolora train` on it; raise ConfigError when invalid."""
+def checked_view(overrides: list[str], workspace: Path, allow_remote_code: bool = False) -> dict[str, Any]:
+    """The form's preview when it is a valid run; else a ConfigError listing every problem."""
     view = preview(overrides, workspace, allow_remote_code)
     if not view["ok"]:
         message = "; ".join(f"{p['path']}: {p['message']}".lstrip(": ") for p in view["problems"])
         raise ConfigError(message, [{"loc": p["path"], "msg": p["message"]} for p in view["problems"]])
-    cfg = build_config(view["data"], "form")
+    return view
+
+
+def write_config(view: dict[str, Any], workspace: Path) -> Path:
+    """configs/<name>.yaml in the workspace (masked): what the queued job trains, and the CLI can too."""
     config_path = safe_path(workspace, view["config_file"])
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(
         f"# written by `smolora ui`; train the same way with: {view['command']}\n" + view["yaml"],
         encoding="utf-8",
     )
-    argv = cli_argv("train", view["config_file"], *(["--resume"] if resume else []))
-    return start_job(
-        "train",
-        argv,
-        workspace,
-        config_path.with_suffix(".console.log"),
-        run_dir=safe_path(workspace, str(cfg.run_dir)),
-        name=view["name"],
-        max_steps=cfg.train.max_steps,
-        epochs=cfg.train.epochs,
-        batch=cfg.train.batch_size * cfg.train.grad_accum,
-        seen=[],  # (time, step) observations for the ETA
-    )
+    return config_path
 
 
 def read_metrics(path: Path, not_before: float = 0.0) -> list[dict[str, Any]]:
@@ -192,7 +181,7 @@ def total_steps(job: dict[str, Any]) -> tuple[int | None, bool]:
     """(steps, exact): max_steps when set, else trainer_state.json, else an estimate from train.log."""
     if job.get("max_steps"):
         return job["max_steps"], True
-    run_dir = live_dir(job["run_dir"], job["proc"].pid)
+    run_dir = live_dir(job["run_dir"], job["pid"]) if job["pid"] else job["run_dir"]
     states = sorted(run_dir.glob("checkpoints/checkpoint-*/trainer_state.json"))
     if states:
         try:
@@ -213,9 +202,13 @@ def total_steps(job: dict[str, Any]) -> tuple[int | None, bool]:
 
 
 def progress(job: dict[str, Any], since: int = 0) -> dict[str, Any]:
-    """New metric rows plus step, total, loss, tokens/s and ETA for the Train view."""
+    """New metric rows plus step, total, loss, tokens/s and ETA for the Train view.
+
+    `job`: the run followed (ui/queued.py's `followed`): run_dir, pid (None once it ended),
+    running, started, seen, max_steps, epochs, batch, name, cwd.
+    """
     # A re-run of a finished name writes beside it (NAME.staging-<pid>) until it succeeded.
-    live = live_dir(job["run_dir"], job["proc"].pid)
+    live = live_dir(job["run_dir"], job["pid"]) if job["pid"] else job["run_dir"]
     rows = read_metrics(live / METRICS_FILE, job["started"] - 1)
     step = max((r.get("step", 0) for r in rows), default=0)
     now = time.time()
@@ -224,7 +217,7 @@ def progress(job: dict[str, Any], since: int = 0) -> dict[str, Any]:
         seen.append((now, step))
     total, exact = total_steps(job)
     eta = None
-    if total and len(seen) >= 2 and seen[-1][1] > seen[0][1] and job["proc"].poll() is None:
+    if total and len(seen) >= 2 and seen[-1][1] > seen[0][1] and job["running"]:
         rate = (seen[-1][1] - seen[0][1]) / max(seen[-1][0] - seen[0][0], 1e-6)
         eta = max(0.0, (total - step) / rate)
     last = next((r for r in reversed(rows) if "loss" in r), {})

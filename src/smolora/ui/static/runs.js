@@ -1,10 +1,67 @@
-// Runs view: every run directory with status, metrics and base model; compare two; open the
-// evaluation report; start `smolora eval`.
+// Runs view: the training queue (queued, running and past jobs, with live progress and cancel);
+// every run directory with status, metrics and base model; compare two; open the evaluation
+// report; start `smolora eval`.
 
 import { $, api, badge, el, fmtNum, notice, shared, svg, table } from "./common.js";
 import { lineChart } from "./chart.js";
 
 let runs = [];
+let queueTimer = null;
+
+// --- the training queue (GET /api/jobs?kind=train: the workspace's .smolora/jobs) -------------
+
+const when = (stamp) => (stamp ? new Date(stamp * 1000).toLocaleString() : "–");
+const live = (j) => ["queued", "running", "stopping"].includes(j.state);
+
+// step and loss are the job's newest metrics event, as the worker recorded it
+function progressText(j) {
+  if (j.state === "queued") return j.ahead ? `waiting: ${j.ahead} ahead` : "waiting: next";
+  if (!j.step) return "–";
+  return `step ${j.step}${j.max_steps ? ` / ${j.max_steps}` : ""} · loss ${fmtNum(j.loss)}`;
+}
+
+async function cancelJob(j) {
+  const out = $("#queue-notice");
+  try {
+    const res = await api(`/api/jobs/${j.id}/stop`, { method: "POST" });
+    notice(out, "info", res.state === "stopped" ? `cancelled ${j.name}` : `stopping ${j.name}: it saves a checkpoint after this step`);
+  } catch (e) {
+    notice(out, "error", e.message);
+  }
+  loadQueue().catch((e) => notice(out, "error", e.message));
+}
+
+function queueRow(j) {
+  const watch = () => {
+    shared.follow(j.id);
+    shared.show("train");
+  };
+  return [
+    el("div", { dataset: { job: j.id } }, el("span", { class: "run-name", text: j.name }), el("div", { class: "muted small", text: j.id })),
+    badge(j.state),
+    el("span", { class: "job-progress", text: progressText(j) }),
+    j.error ? el("span", { class: "bad small", text: j.error }) : j.run_dir,
+    when(j.created),
+    el(
+      "div",
+      { class: "actions" },
+      el("button", { class: "secondary", onclick: watch, text: "watch" }),
+      ["queued", "running"].includes(j.state) ? el("button", { class: "danger cancel", onclick: () => cancelJob(j), text: "cancel" }) : null,
+    ),
+  ];
+}
+
+async function loadQueue() {
+  clearTimeout(queueTimer);
+  const { jobs } = await api("/api/jobs?kind=train");
+  const box = $("#queue-table");
+  if (!jobs.length) box.replaceChildren(el("div", { class: "muted", text: "no training jobs yet: Start one in the Train view" }));
+  else box.replaceChildren(table(["job", "status", "progress", "run", "queued at", ""], jobs.map(queueRow)));
+  // While a job waits or trains, keep its row (and its progress) up to date.
+  if (!$("#view-runs").hidden && jobs.some(live)) queueTimer = setTimeout(() => loadQueue().catch(() => {}), 2000);
+}
+
+// --- run directories -------------------------------------------------------------------------
 
 // eval_score is [metric, base, fine-tuned] from `smolora eval` (exact match, else eval loss).
 function scores(r) {
@@ -113,10 +170,14 @@ async function compare() {
 }
 
 export function initRuns() {
-  $("#runs-refresh").addEventListener("click", load);
+  $("#runs-refresh").addEventListener("click", () => {
+    load();
+    loadQueue();
+  });
   $("#compare-btn").addEventListener("click", () => compare().catch((e) => notice($("#runs-notice"), "error", e.message)));
 }
 
 export function showRuns() {
   load().catch((e) => notice($("#runs-notice"), "error", e.message));
+  loadQueue().catch((e) => notice($("#queue-notice"), "error", e.message));
 }

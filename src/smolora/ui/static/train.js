@@ -1,5 +1,6 @@
 // Train view: a form generated from the config's JSON schema, a live YAML/command preview
-// validated by the server (build_config), Start/Stop of `smolora train`, and live progress.
+// validated by the server (build_config), Start (queues `smolora train` on the workspace's job
+// queue; several may wait their turn), Stop (cancels the job shown), and live progress.
 
 import { $, api, badge, el, fmtBytes, fmtDuration, fmtNum, notice, shared } from "./common.js";
 import { lineChart } from "./chart.js";
@@ -11,6 +12,8 @@ let previewTimer = null;
 let pollTimer = null;
 let sysTimer = null;
 let rows = [];
+let rowsOf = null; // the job the chart's rows belong to
+let following = null; // the job id shown here; null: the one training now, else the newest
 let lastStatus = { state: "idle" };
 
 // --- the form ------------------------------------------------------------------------
@@ -205,22 +208,23 @@ async function refreshPreview() {
   $("#config-state").replaceChildren(
     view.ok ? el("span", { class: "ok", text: "✓ valid config" }) : el("span", { class: "bad", text: `✗ ${view.problems.length} problem(s)` }),
   );
-  $("#start-btn").disabled = !view.ok || isRunning();
+  $("#start-btn").disabled = !view.ok;
   $("#start-btn").title = view.ok ? `runs: ${view.command}` : "fix the problems marked in the form";
 }
 
 // --- running ---------------------------------------------------------------------------
 
 const isRunning = () => ["running", "stopping"].includes(lastStatus.state);
+const isActive = () => isRunning() || lastStatus.state === "queued";
+const waiting = (s) => (s.ahead ? `queued behind ${s.ahead} job(s)` : "queued: next to train");
 
 async function start() {
   const out = $("#train-notice");
   notice(out, "", "");
   try {
-    rows = [];
     const res = await api("/api/train/start", { method: "POST", body: { overrides: overrides(), resume: $("#resume").checked } });
-    notice(out, "info", `started: ${res.command}`);
-    poll();
+    follow(res.id);
+    notice(out, "info", `${res.state === "queued" ? waiting(res) : res.state}: ${res.command} (job ${res.id})`);
   } catch (e) {
     notice(out, "error", e.message);
   }
@@ -228,8 +232,9 @@ async function start() {
 
 async function stop() {
   try {
-    await api("/api/train/stop", { method: "POST" });
-    notice($("#train-notice"), "info", "stopping: the trainer saves a checkpoint and exits (resume with the Resume box)");
+    const res = await api(`/api/train/stop${lastStatus.id ? `?job=${lastStatus.id}` : ""}`, { method: "POST" });
+    const note = res.state === "stopped" ? "cancelled before it started" : "stopping: the trainer saves a checkpoint and exits (resume with the Resume box)";
+    notice($("#train-notice"), "info", note);
     poll();
   } catch (e) {
     notice($("#train-notice"), "error", e.message);
@@ -239,17 +244,29 @@ async function stop() {
 async function poll() {
   clearTimeout(pollTimer);
   let s;
+  const job = following ? `&job=${following}` : "";
   try {
-    s = await api(`/api/train/status?since=${rows.length}`);
+    s = await api(`/api/train/status?since=${rows.length}${job}`);
   } catch (e) {
     pollTimer = setTimeout(poll, 3000);
     return;
+  }
+  if (s.id !== rowsOf) {
+    rows = []; // another job: its rows start again from the first
+    rowsOf = s.id;
+    if (s.rows && s.rows.length !== s.n_rows) return poll();
   }
   if (s.rows && s.n_rows < rows.length) rows = []; // a new run replaced the file
   if (s.rows) rows.push(...s.rows);
   lastStatus = s;
   renderStatus(s);
-  if (isRunning()) pollTimer = setTimeout(poll, 1000);
+  if (isActive()) pollTimer = setTimeout(poll, 1000); // a queued job too: it starts when a worker is free
+}
+
+// Show one job here (Start, or the Runs view's "watch"); null: the one training now.
+export function follow(id) {
+  following = id;
+  poll();
 }
 
 // The objective's metrics in metrics.jsonl rows (pairs: reward_margin, reward_accuracy; kto:
@@ -277,12 +294,13 @@ export function objectiveSeries(rows) {
 
 function renderStatus(s) {
   $("#train-state").replaceChildren(badge(s.state), s.name ? el("span", { class: "run-name", text: ` ${s.name}` }) : "");
-  $("#start-btn").disabled = isRunning() || $("#config-state .bad") !== null;
-  $("#stop-btn").disabled = s.state !== "running";
+  $("#start-btn").disabled = $("#config-state .bad") !== null; // more runs queue behind this one
+  $("#stop-btn").disabled = !["running", "queued"].includes(s.state);
   const total = s.total_steps;
   const pct = total ? Math.min(100, (100 * s.step) / total) : 0;
   $("#progress-bar").style.width = `${pct}%`;
-  $("#progress-text").textContent = s.state === "idle" ? "no run started from this UI yet" : `step ${s.step || 0}${total ? ` / ${s.total_exact ? "" : "~"}${total}` : ""}`;
+  const steps = `step ${s.step || 0}${total ? ` / ${s.total_exact ? "" : "~"}${total}` : ""}`;
+  $("#progress-text").textContent = s.state === "idle" ? "no training job in this workspace's queue yet" : s.state === "queued" ? waiting(s) : steps;
   $("#stat-loss").textContent = fmtNum(s.loss);
   $("#stat-eval").textContent = fmtNum(s.eval_loss);
   $("#stat-tps").textContent = s.tokens_per_s ? fmtNum(Math.round(s.tokens_per_s)) : "–";
@@ -342,6 +360,7 @@ export async function initTrain() {
   }
   shared.overrides = overrides;
   shared.setField = setField;
+  shared.follow = follow;
   await refreshPreview();
   await poll();
   system();
