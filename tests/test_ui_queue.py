@@ -1,7 +1,8 @@
 """The UI on the workspace's job queue (ui/queued.py): Start queues, the list shows queued, running
 and past jobs, the page's Stop cancels, a UI started again on the workspace lists them and resumes
 the job the last one left, and a job's progress comes from its events. The HTTP API the page
-uses, on the tiny model; `smolora ui --jobs-workers` at the end.
+uses, on the tiny model (a left-behind job is made by hand, as a SIGKILLed UI leaves one);
+`smolora ui --jobs-workers` at the end.
 
 Run as:
     pytest -q tests/test_ui_queue.py
@@ -102,6 +103,20 @@ def test_two_starts_queue_one_behind_the_other_and_a_restarted_ui_lists_and_resu
         status = again.get(f"/api/train/status?job={first['id']}").json()
         assert status["state"] == "finished" and status["total_steps"] == STEPS and status["n_rows"] > 0
         assert (ui_ws / "runs" / "first" / "adapter").is_dir()
+
+
+def test_a_job_a_dead_ui_left_running_is_queued_again_and_trains(ui_ws):
+    with client(ui_ws, workers=0) as c:
+        job = start(c, "orphan", "train.max_steps=6", "train.threads=1")
+    # What a SIGKILLed UI leaves: running, owned by a process that is gone, no checkpoint yet.
+    root = ui_ws / QUEUE_DIR
+    store.update_job(root, job["id"], status="running", owner="999999999:gone", heartbeat=0.0, attempts=1)
+    with client(ui_ws) as again:
+        done = until(again, job["id"], lambda j: j["state"] not in ("queued", "running"), "no end")
+        assert done["state"] == "finished" and done["attempts"] == 2 and done["step"] == 6, done
+        said = [e["message"] for e in every_event(root, job["id"])]
+        assert "The process running this job stopped; the job is queued again" in said, said
+        assert "Restarting the job from the beginning: it saved no checkpoint" in said
 
 
 def test_the_train_views_stop_cancels_the_running_job_and_keeps_a_checkpoint(ui_ws):
