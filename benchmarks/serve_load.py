@@ -4,7 +4,9 @@ For each concurrency (default 1, 8 and 32) and each mode (`--batching static`, `
 continuous`, both with `--max-batch` = the concurrency) it starts the server as a subprocess,
 sends the same streamed greedy chat requests from that many closed-loop clients, and reports
 throughput (requests/s, generated tokens/s), p50/p99 latency and p50/p99 time to first token.
-Answers end at end-of-turn or max_tokens, so their lengths vary as real traffic does.
+Answers end at end-of-turn or max_tokens, so their lengths vary as real traffic does; with
+`--fixed-length` every answer is max_tokens long (vLLM's `ignore_eos`), so p99/p50 measures
+the scheduling alone (a short answer is not "faster" than a long one).
 
 Run as:
     python benchmarks/serve_load.py runs/quickstart --concurrency 1,8,32 --max-tokens 32
@@ -65,7 +67,9 @@ def start_server(
             time.sleep(0.5)
 
 
-async def fire(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
+async def fire(
+    url: str, model: str, n: int, concurrency: int, max_tokens: int, fixed: bool = False
+) -> dict[str, Any]:
     """n streamed requests from `concurrency` clients that each send the next one when the last
     returns; time to first token is when the first text arrives."""
     latencies: list[float] = []
@@ -83,6 +87,7 @@ async def fire(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
                 "temperature": 0,
                 "stream": True,
                 "stream_options": {"include_usage": True},
+                "ignore_eos": fixed,
             }
             start = time.perf_counter()
             first = None
@@ -128,12 +133,14 @@ def run_serve_bench(
     max_tokens: int = 32,
     threads: int | None = None,
     modes: tuple[str, ...] = ("static", "continuous"),
+    fixed: bool = False,
 ) -> dict[str, Any]:
     """Serve `model_path` with each batching mode (`--max-batch` = the concurrency, so static
     batching gets its best case) and measure every concurrency: {"c8": {"static": {...}, ...}}.
     n defaults to 4 requests per client (at least 12)."""
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
     result: dict[str, Any] = {"model": str(model_path), "max_tokens": max_tokens, "levels": levels}
+    result["fixed_length"] = fixed
     with tempfile.TemporaryDirectory() as tmp:
         for c in levels:
             count = n or max(12, 4 * c)
@@ -144,9 +151,9 @@ def run_serve_bench(
                 try:
                     served = httpx.get(f"{url}/health", timeout=10).json()
                     model = served["models"][-1]  # the run's adapter (the base when serving a plain model)
-                    asyncio.run(fire(url, model, c, c, max_tokens))  # warm-up
+                    asyncio.run(fire(url, model, c, c, max_tokens, fixed))  # warm-up
                     before = httpx.get(f"{url}/health", timeout=10).json()["batches"]
-                    row[mode] = asyncio.run(fire(url, model, count, c, max_tokens))
+                    row[mode] = asyncio.run(fire(url, model, count, c, max_tokens, fixed))
                     # static: generate() calls; continuous: prefills (requests joining the batch)
                     row[mode]["batches"] = httpx.get(f"{url}/health", timeout=10).json()["batches"] - before
                 finally:
@@ -196,10 +203,15 @@ def main() -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=32, help="Tokens generated per request.")
     parser.add_argument("--threads", type=int, default=None, help="Server CPU threads.")
+    parser.add_argument(
+        "--fixed-length", action="store_true", help="Every answer max_tokens long (ignore_eos)."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the result here.")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    result = run_serve_bench(args.model_path, args.n, levels, args.max_tokens, args.threads)
+    result = run_serve_bench(
+        args.model_path, args.n, levels, args.max_tokens, args.threads, fixed=args.fixed_length
+    )
     text = json.dumps(result, indent=2)
     print(text)
     print(table(result))

@@ -242,3 +242,30 @@ def test_static_batching_refuses_what_needs_the_engine(tiny_run, tmp_path_factor
         text=True,
     )
     assert bad.returncode == 2 and "continuous, static" in bad.stderr
+
+
+def test_a_lone_adapter_is_merged_and_unmerged_back_to_the_base(offline):
+    """Engine.merge folds the adapter every row uses into the base weights; a mixed lane, the bare
+    base or a chore (adapter load/unload) unmerges it, and the base weights come back."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from smolora.serve.engine import Engine
+
+    engine = Engine(offline)
+    layer = next(m for m in offline.model.modules() if hasattr(m, "lora_A") and m.lora_A)
+    before = layer.base_layer.weight.detach().clone()
+    adapter = SimpleNamespace(model=offline.default, adapter=None)  # a row: its name is all that is read
+    second = SimpleNamespace(model="second", adapter=None)
+    with engine.adapters(None, [adapter]):
+        assert engine.merged == offline.names[offline.default]["adapter"]
+        assert not torch.equal(layer.base_layer.weight, before)
+    with engine.adapters(None, [adapter, second]) as extra:
+        assert engine.merged is None and "adapter_names" in extra
+    torch.testing.assert_close(layer.base_layer.weight, before, rtol=0, atol=1e-6)
+    with engine.adapters(None, [adapter]):
+        pass
+    offline.chores.put((lambda: None, Future()))
+    engine.iterate([])
+    assert engine.merged is None
+    torch.testing.assert_close(layer.base_layer.weight, before, rtol=0, atol=1e-6)

@@ -15,8 +15,10 @@ Each iteration (`Engine.iterate`, in a thread):
    forward step for the rest.
 
 Adapters: with plain LoRA adapters every row shares one lane and PEFT applies each row's adapter
-(or none, "__base__") in the same forward (`adapter_names`); other adapter kinds get one lane per
-served name, each stepped every iteration, so a busy adapter never blocks another.
+(or none, "__base__") in the same forward (`adapter_names`); while every row uses the same
+adapter, it is merged into the base weights instead (`Engine.merge`), and unmerged as soon as a
+row needs something else. Other adapter kinds get one lane per served name, each stepped every
+iteration, so a busy adapter never blocks another.
 
 Measured against static batching and transformers' own continuous batching in docs/benchmarks.md.
 
@@ -105,6 +107,8 @@ class Engine:
         self.device = next(self.model.parameters()).device
         self.mixed = mixed_adapters(self.model)
         self.peft = hasattr(self.model, "disable_adapter")
+        self.mergeable = self.peft and self.mixed  # plain LoRA: merging and unmerging are exact enough
+        self.merged: str | None = None  # the adapter folded into the base weights now, if any
         self.lanes: dict[str | None, Lane] = {}
         self.control = BatchControl(served, [])
         tok = served.tokenizer
@@ -120,6 +124,8 @@ class Engine:
     def adapters(self, key: str | None, rows: list[Job]):
         """Forward keyword arguments that make each row use its served model's adapter."""
         names = {peft_name(self.served, j) for j in rows}
+        if len(names) != 1 or names == {None}:
+            self.unmerge()  # the per-row split and the bare base need the base weights as loaded
         if not self.peft:
             yield {}
         elif self.mixed and len(names) > 1:
@@ -127,11 +133,28 @@ class Engine:
         elif names == {None}:  # every row is the base model
             with self.model.disable_adapter():
                 yield {}
-        else:  # one adapter for all rows: PEFT's plain path, not its slower per-row split
+        else:  # one adapter for all rows: its weights merged into the base, no LoRA matmuls at all
             (name,) = names
-            if self.model.active_adapter != name:
-                self.model.set_adapter(name)
+            self.merge(name)
             yield {}
+
+    def merge(self, name: str) -> None:
+        """Fold adapter `name` into the base weights while every row uses it. The rank-16 LoRA
+        matmuls are small and slow on a CPU: ~20% of a decoding step, ~40% of a prefill
+        (py-spy, quickstart at concurrency 8). Plain LoRA only; other kinds keep PEFT's path."""
+        if self.merged == name:
+            return
+        self.unmerge()
+        if self.model.active_adapter != name:
+            self.model.set_adapter(name)
+        if self.mergeable:
+            self.model.merge_adapter()
+            self.merged = name
+
+    def unmerge(self) -> None:
+        if self.merged is not None:
+            self.model.unmerge_adapter()
+            self.merged = None
 
     def forward(self, key: str | None, rows: list[Job], **inputs: Any) -> Any:
         # a plain forward: generate()'s stored settings (plain_generation) play no part here
@@ -215,6 +238,8 @@ class Engine:
 
     def iterate(self, new: list[Job]) -> None:
         """One round of the worker (see the module docstring); a failure answers only its own rows."""
+        if not self.served.chores.empty():
+            self.unmerge()  # adapter loads, unloads and embeddings see the base weights as loaded
         run_chores(self.served)
         groups: dict[str | None, list[Job]] = {}
         for job in new:
