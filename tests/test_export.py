@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import tiny_config, write_qa
+from helpers import smolora_main, tiny_config, write_qa
 from smolora.errors import ExportError
 from smolora.export.gguf import write_gguf
 from smolora.export.merge import export_run, judge, merge_run, write_parity
@@ -135,6 +136,12 @@ def test_ollama_export_writes_modelfile_from_the_chat_template(tiny_run, tmp_pat
     assert '{{ else if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in text
     assert text.count('PARAMETER stop "<|im_end|>"') == 1 and "PARAMETER temperature 0" in text
     assert 'TEMPLATE """' in text and text.index("{{ end }}{{ end }}<|im_start|>assistant\n") > 0
+    # beside it: FROM the unmerged base + ADAPTER the LoRA GGUF, checked like the merged file
+    adapter = (out / "Modelfile.adapter").read_text()
+    assert "FROM ./base.gguf\nADAPTER ./adapter-lora.gguf\n" in adapter
+    assert adapter.split("TEMPLATE", 1)[1] == text.split("TEMPLATE", 1)[1]
+    assert (out / "base.gguf").exists() and (out / "adapter-lora.gguf").exists()
+    assert json.loads((out / "parity.json").read_text())["checks"]["gguf-lora-f16"]["broken"] == []
 
 
 SMOLLM_TEMPLATE = (
@@ -240,3 +247,139 @@ def test_layer_surgery_survives_merge_and_gguf(tmp_path_factory, tiny_model_dir,
     assert json.loads((out / "parity.json").read_text())["passed"]
     reader = gguf.GGUFReader(out / "tiny-f32.gguf")
     assert reader.fields["llama.block_count"].contents() == 1
+
+
+# --- the adapter alone as a LoRA GGUF, beside the unmerged base ---------------------------------
+
+
+def gguf_lora_files(out) -> tuple[dict, object, object]:
+    """The gguf-lora row of parity.json and GGUFReaders of its (base, lora) files."""
+    import gguf
+
+    row = next(
+        c
+        for n, c in json.loads((out / "parity.json").read_text())["checks"].items()
+        if n.startswith("gguf-lora")
+    )
+    return row, gguf.GGUFReader(out / row["base_file"]), gguf.GGUFReader(out / row["file"])
+
+
+def test_gguf_lora_writes_the_adapter_and_the_unmerged_base(tiny_run, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = export_run(tiny_run, "gguf-lora", None, tmp_path / "lora")
+    parity = json.loads((out / "parity.json").read_text())
+    row, base, lora = gguf_lora_files(out)
+    assert parity["passed"] and row["precision"] == "f16" and row["broken"] == []
+    assert row["greedy_match"] == 1.0 and row["ppl_rel_diff"] < 0.01
+    assert "lora" in row["file"] and row["file"].endswith("-lora-f16.gguf")
+    assert row["base_file"] == f"{tiny_model_dir.name}-f16.gguf" and not list(out.glob("*.partial"))
+
+    field = lambda reader, key: reader.fields[key].contents()  # noqa: E731
+    assert field(lora, "general.type") == "adapter" and field(lora, "adapter.type") == "lora"
+    assert field(lora, "general.architecture") == field(base, "general.architecture") == "llama"
+    config = json.loads((tiny_run / "adapter" / "adapter_config.json").read_text())
+    assert field(lora, "adapter.lora.alpha") == config["lora_alpha"]
+    # every adapted module of both layers, as llama.cpp pairs them, and nothing else
+    modules = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
+    names = {t.name for t in lora.tensors}
+    assert names == {f"blk.{i}.{m}.weight.lora_{ab}" for i in (0, 1) for m in modules for ab in "ab"}
+    # llama.cpp's shape checks (ne order): base ne0 == a ne0, base ne1 == b ne1, a ne1 == b ne0 == r
+    base_shape = {t.name: list(t.shape) for t in base.tensors}
+    for t in lora.tensors:
+        if t.name.endswith("lora_a"):
+            b = next(x for x in lora.tensors if x.name == t.name[:-1] + "b")
+            w = base_shape[t.name.removesuffix(".lora_a")]
+            assert t.shape[0] == w[0] and b.shape[1] == w[1] and t.shape[1] == b.shape[0] == config["r"]
+    assert not any("lora" in n for n in base_shape)
+    # the base file holds the base weights, not the merged ones (v_proj: no q/k row permutation)
+    v = next(t for t in base.tensors if t.name == "blk.0.attn_v.weight")
+    original = load_file(tiny_model_dir / "model.safetensors")["model.layers.0.self_attn.v_proj.weight"]
+    torch.testing.assert_close(torch.from_numpy(v.data.astype("float32")), original, atol=1e-3, rtol=1e-3)
+
+
+def test_rslora_scale_is_folded_into_b(tmp_path_factory, tiny_model_dir, tmp_path):
+    """llama.cpp scales by alpha / r; rsLoRA trained with alpha / sqrt(r): B carries sqrt(r)."""
+    from safetensors.torch import load_file
+
+    run = train_tiny(tmp_path_factory, tiny_model_dir, "lora.method=rslora", "lora.r=4", "lora.alpha=8")
+    out = export_run(run, "gguf-lora", "f32", tmp_path / "rs")
+    row, _, lora = gguf_lora_files(out)
+    assert row["broken"] == [] and row["max_logit_diff_rel"] < 1e-4  # transformers' reading, f32
+    b_file = next(t for t in lora.tensors if t.name == "blk.1.attn_v.weight.lora_b").data
+    b_peft = load_file(run / "adapter" / "adapter_model.safetensors")
+    b_peft = next(v for k, v in b_peft.items() if "layers.1.self_attn.v_proj.lora_B" in k)
+    torch.testing.assert_close(torch.from_numpy(b_file.copy()), b_peft * 2.0, atol=1e-6, rtol=1e-6)  # sqrt(4)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"adapter_config.json": {"use_dora": True}}, "DoRA"),
+        ({"adapter_config.json": {"modules_to_save": ["lm_head"]}}, "modules_to_save"),
+        ({"adapter_config.json": {"target_modules": ["q_proj", "embed_tokens"]}}, "embeddings"),
+        ({"smolora.json": {"drop_layers": [0]}}, "layer surgery.*--format gguf"),
+        ({"adapter_config.json": None}, "whole weights.*--format gguf"),
+    ],
+    ids=["dora", "modules_to_save", "embeddings", "surgery", "full"],
+)
+def test_gguf_lora_refuses_what_a_lora_file_cannot_hold(tiny_run, tmp_path, edit, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name, change in edit.items():
+        path = run / "adapter" / name
+        if change is None:
+            path.unlink()
+        else:
+            path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    code, output = smolora_main("export", run, "--format", "gguf-lora", "--out", tmp_path / "out")
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert re.search(message, output), output
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_gguf_lora_bad_quant_and_nothing_partial_on_failure(tiny_run, tmp_path, monkeypatch):
+    import smolora.export.gguf_lora as gguf_lora
+
+    with pytest.raises(ExportError, match="gguf-lora --quant q4_k_m: choose f32, f16, q8_0"):
+        export_run(tiny_run, "gguf-lora", "q4_k_m", tmp_path / "q4")
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf_lora, "lora_tensors", broken)  # fails after the base file is complete
+    with pytest.raises(OSError, match="disk full"):
+        export_run(tiny_run, "gguf-lora", "f16", tmp_path / "out")
+    assert not [p.name for p in (tmp_path / "out").iterdir() if "gguf" in p.name]
+
+
+def test_ollama_modelfile_with_adapter(tiny_tokenizer):
+    text = modelfile_text(
+        tiny_tokenizer, tiny_tokenizer.chat_template, None, "base.gguf", 512, "adapter-lora.gguf"
+    )
+    assert "FROM ./base.gguf\nADAPTER ./adapter-lora.gguf\nTEMPLATE" in text
+    assert "-f Modelfile.adapter" in text
+    plain = modelfile_text(tiny_tokenizer, tiny_tokenizer.chat_template, None, "model.gguf", 512)
+    assert "ADAPTER" not in plain and plain.split("TEMPLATE", 1)[1] == text.split("TEMPLATE", 1)[1]
+
+
+def test_cli_prints_the_perplexity_drift_with_its_sign(tmp_path, capsys):
+    from smolora.cli.export import print_parity
+
+    row = {
+        "greedy_match": 1.0,
+        "token_agreement": 1.0,
+        "max_logit_diff": 0.1,
+        "precision": "q4_k_m",
+        "broken": [],
+    }
+    checks = {"fell": {**row, "ppl": 80.0, "ppl_reference": 100.0, "ppl_rel_diff": 0.2}}
+    checks["rose"] = {**row, "ppl": 101.0, "ppl_reference": 100.0, "ppl_rel_diff": 0.01}
+    (tmp_path / "parity.json").write_text(
+        json.dumps({"reference": "adapter model", "prompts": ["p"], "checks": checks})
+    )
+    print_parity(tmp_path)
+    out = capsys.readouterr().out
+    assert "-20.00%" in out and "+1.00%" in out and "+20.00%" not in out

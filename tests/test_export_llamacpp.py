@@ -89,3 +89,46 @@ def test_bad_quant_exits_2_naming_the_choices(tiny_run, monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr()
     assert "q4_k_m" in err.out + err.err and "q4_k_s" in err.out + err.err
+
+
+def strong(run, root):
+    """The run's adapter with B x -20 (helpers.other_adapter): a fine-tune whose answers differ from
+    the base's, so a LoRA that llama.cpp applied wrongly (or not at all) cannot pass."""
+    from helpers import other_adapter
+
+    out = other_adapter(run, root)
+    (out / "config.yaml").write_text((run / "config.yaml").read_text())
+    return out
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora"])
+def test_base_plus_lora_in_llamacpp_matches_the_adapter(tmp_path_factory, tiny_model_dir, tmp_path, method):
+    """`-m base.gguf --lora x-lora.gguf` in llama.cpp answers as the PEFT adapter model does (rsLoRA:
+    its alpha / sqrt(r) folded into B, since llama.cpp scales by alpha / r)."""
+    from helpers import tiny_config, write_qa
+    from smolora.train.recipe import train
+
+    root = tmp_path_factory.mktemp(method)
+    cfg = tiny_config(tiny_model_dir, write_qa(root / "qa.jsonl", 24), root, "train.max_steps=2",
+                      "train.threads=1", f"lora.method={method}", "lora.r=4")  # fmt: skip
+    run = strong(train(cfg, show_progress=False), root)
+    report = parity(export_run(run, "gguf-lora", "f16", tmp_path / "lora"))
+    row = report["checks"]["llamacpp-lora-f16"]
+    assert report["passed"] and row["broken"] == [] and row["tokenizer_match"], row
+    assert row["greedy_match"] == 1.0 and row["token_agreement"] >= 0.95 and row["ppl_rel_diff"] < 0.01
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.0], ids=["half-scale", "no-lora"])
+def test_a_lora_applied_wrongly_fails_in_llamacpp(tiny_run, tmp_path, monkeypatch, factor):
+    """The check has teeth: B written at half its scale, or zero (the base alone), fails the f16 export."""
+    import smolora.export.gguf_lora as gguf_lora
+
+    run = strong(tiny_run, tmp_path)
+    real = gguf_lora.lora_tensors
+
+    def wrong(cfg, pairs, alpha):
+        return {k: v * factor if k.endswith("lora_b") else v for k, v in real(cfg, pairs, alpha).items()}
+
+    monkeypatch.setattr(gguf_lora, "lora_tensors", wrong)
+    with pytest.raises(ExportError, match="parity check failed.*llamacpp-lora-f16"):
+        export_run(run, "gguf-lora", "f16", tmp_path / "bad")

@@ -39,7 +39,8 @@ def print_parity(out_dir: Path) -> None:
             f"{c['greedy_match']:.0%}",
             f"{c['token_agreement']:.1%}",
             f"{c['max_logit_diff']:.2g}",
-            f"{c['ppl']:.3f} ({c['ppl_rel_diff']:+.2%})",
+            # signed: ppl_rel_diff is the size of the drift, the sign says which way it went
+            f"{c['ppl']:.3f} ({(c['ppl'] - c['ppl_reference']) / c['ppl_reference']:+.2%})",
             verdict,
         )
     console.print(table)
@@ -87,7 +88,12 @@ def merge(
 def export(
     run: RunArg,
     format: Annotated[
-        str, typer.Option("--format", "-f", help="safetensors (merged), gguf or ollama.")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="safetensors (merged), gguf, gguf-lora (the adapter as a LoRA GGUF + the base GGUF) or ollama.",
+        ),
     ] = "gguf",
     quant: Annotated[
         str | None,
@@ -95,27 +101,38 @@ def export(
             "--quant",
             "-q",
             help="GGUF type: f32, f16, q8_0, q6_k, q5_k_m or q4_k_m (k-quants need llama.cpp). "
-            "Default f16 for gguf, q4_k_m for ollama.",
+            "Default f16 for gguf and gguf-lora (its base file: f32, f16 or q8_0), q4_k_m for ollama.",
         ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output directory (default RUN/FORMAT).")
     ] = None,
 ) -> None:
-    """Write a deployable artifact: merged safetensors, a GGUF, or a GGUF plus an Ollama Modelfile.
+    """Write a deployable artifact: merged safetensors, a GGUF, the adapter as a LoRA GGUF beside the
+    unmerged base GGUF, or a GGUF plus Ollama Modelfiles (merged, and FROM base + ADAPTER).
 
     Every export is reloaded (by transformers, and by llama.cpp when installed) and compared with
     the adapter model (parity.json); f32/f16 fail beyond tolerance, quantized types report their drift.
 
     Example: smolora export runs/quickstart --format ollama --quant q8_0
+    Example: smolora export runs/quickstart --format gguf-lora   # llama-cli -m BASE.gguf --lora LORA.gguf
     """
     from smolora.export.merge import export_run
 
     out_dir = export_run(run, format, quant, out)
     print_parity(out_dir)
     console.print(f"[green]{format} written to[/] {out_dir}")
+    if format == "gguf-lora":
+        row = next(
+            c
+            for n, c in json.loads((out_dir / "parity.json").read_text())["checks"].items()
+            if n.startswith("gguf-lora")
+        )
+        console.print(f"next: llama-cli -m {out_dir / row['base_file']} --lora {out_dir / row['file']}")
     if format == "ollama":
         console.print(f"next: cd {out_dir} && ollama create my-model -f Modelfile && ollama run my-model")
+        if (out_dir / "Modelfile.adapter").exists():
+            console.print("  or, the base with the LoRA adapter: ollama create my-model -f Modelfile.adapter")
 
 
 def push(

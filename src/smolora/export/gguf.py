@@ -206,14 +206,26 @@ def add_tensors(w: Any, cfg: Any, arch: Any, state: dict[str, np.ndarray], quant
         w.add_tensor(f"{gguf_name}.{suffix}", array, raw_dtype=raw)
 
 
-def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, meta: AdapterMeta) -> Path:
-    """Write a merged Llama/Qwen2 model with its tokenizer and chat template as one GGUF file."""
+def write_gguf(
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    quant: str,
+    name: str,
+    meta: AdapterMeta,
+    state: dict | None = None,
+) -> Path:
+    """Write a merged Llama/Qwen2 model with its tokenizer and chat template as one GGUF file.
+
+    `state`: the weights to write when they are not the model's own (the base under a PEFT adapter).
+    """
     import gguf
 
     cfg = model.config
     check_supported(cfg)
     arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHS[cfg.model_type])
-    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    if state is None:
+        state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     n_vocab = state["model.embed_tokens.weight"].shape[0]
     vocab = byte_level_vocab(tokenizer, n_vocab)
 
@@ -224,6 +236,11 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str, name: str, me
     add_tokenizer(w, tokenizer, vocab, meta)
     w.add_string("smolora.base_model", str(meta.base_model))
     add_tensors(w, cfg, arch, state, quant)
+    return finish(w, partial, path)
+
+
+def finish(w: Any, partial: Path, path: Path) -> Path:
+    """Write out a GGUFWriter opened on `partial` and give the file its real name once complete."""
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

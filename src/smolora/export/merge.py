@@ -2,17 +2,19 @@
 
 Merging happens in float32 on the CPU (never into a quantized base): `merge_and_unload()` folds
 the adapter into the base weights, layer surgery included, so the result loads in plain
-transformers. The GGUF is written by `gguf_export.py` (llama.cpp's layout, Llama and Qwen2),
-the Modelfile by `ollama.py`. Every artifact is checked against the adapter
-model on held-out prompts (`parity.json` next to it): greedy-token agreement, max logit
-difference, perplexity difference. Beyond tolerance an f32/f16 export fails with
-`ExportError`; quantized types report their drift. With llama-cpp-python installed, llama.cpp
-itself loads the GGUF and judges it too (`export/llamacpp.py`), and quantizes the k-quants.
+transformers. The GGUF is written by `gguf.py` (llama.cpp's layout, Llama and Qwen2), the
+adapter alone as a LoRA GGUF beside the unmerged base by `gguf_lora.py`, the Modelfile by
+`ollama.py`. Every artifact is checked against the adapter model on held-out prompts
+(`parity.json` next to it): greedy-token agreement, max logit difference, perplexity difference.
+Beyond tolerance an f32/f16 export fails with `ExportError`; quantized types report their drift.
+With llama-cpp-python installed, llama.cpp itself loads the GGUF and judges it too
+(`export/llamacpp.py`), and quantizes the k-quants.
 
 Run as:
     merge_run("runs/quickstart")                                  # -> runs/quickstart/merged/
     export_run("runs/quickstart", fmt="gguf", quant="q8_0")       # -> runs/quickstart/gguf/
     export_run("runs/quickstart", fmt="ollama")                   # -> runs/quickstart/ollama/
+    export_run("runs/quickstart", fmt="gguf-lora")                # -> runs/quickstart/gguf-lora/
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import torch
 from smolora.errors import ExportError, SmoLoRAError
 from smolora.export import llamacpp
 from smolora.export.gguf import load_gguf, write_gguf
+from smolora.export.gguf_lora import QUANTS as LORA_QUANTS
+from smolora.export.gguf_lora import load_folded, lora_refusal, write_lora_pair
 from smolora.export.ollama import modelfile_text
 from smolora.generate import end_token_ids, plain_generation, to_messages
 from smolora.redact import mask_text
@@ -36,9 +40,9 @@ from smolora.runs import MERGED_DIR, PARITY_FILE, AdapterMeta, find_adapter_dir,
 log = logging.getLogger("smolora")
 
 QUANTS = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
-FORMATS = ("safetensors", "gguf", "ollama")
+FORMATS = ("safetensors", "gguf", "gguf-lora", "ollama")
 # f16 for gguf keeps the file parity-checked exactly; Ollama users expect Q4_K_M (what `ollama pull` serves).
-DEFAULT_QUANT = {"gguf": "f16", "ollama": "q4_k_m", "safetensors": "f32"}
+DEFAULT_QUANT = {"gguf": "f16", "gguf-lora": "f16", "ollama": "q4_k_m", "safetensors": "f32"}
 
 # What "the same model" means per precision. Logit differences are judged relative to the
 # largest reference logit, so the bound holds for small and large models alike. f32 and merged
@@ -271,20 +275,45 @@ def write_quantized(
         source.unlink(missing_ok=True)
 
 
-def check_with_llamacpp(report: dict, path: Path, quant: str, prompts, reference, eos: list[int]) -> None:
-    """parity.json's `llamacpp-QUANT` row: the file as llama.cpp itself runs it (the program users run)."""
+def check_with_llamacpp(
+    report: dict, path: Path, quant: str, prompts, reference, eos: list[int], lora: Path | None = None
+) -> None:
+    """parity.json's `llamacpp-QUANT` row (`llamacpp-lora-QUANT`: `-m path --lora lora`): the file as
+    llama.cpp itself runs it (the program users run)."""
     if not llamacpp.available():
         report["llamacpp"] = f"not checked by llama.cpp: {llamacpp.INSTALL_HINT}"
         log.warning("%s is not checked by llama.cpp (%s)", path.name, llamacpp.INSTALL_HINT)
         return
-    rows, same_tokens = llamacpp.llama_outputs(path, prompts, eos, [r["seq"] for r in reference])
+    rows, same_tokens = llamacpp.llama_outputs(path, prompts, eos, [r["seq"] for r in reference], lora)
     stats = {**compare(reference, rows), "tokenizer_match": same_tokens}
-    report["checks"][f"llamacpp-{quant}"] = {
+    report["checks"][f"llamacpp-lora-{quant}" if lora else f"llamacpp-{quant}"] = {
         **stats,
         "precision": quant,
-        "file": path.name,
+        "file": (lora or path).name,
         "broken": judge(stats, quant),
     }
+
+
+def export_lora_pair(
+    model, tokenizer, meta, paths: tuple[Path, Path], quant: str, name: str, prompts, reference, report
+):
+    """The unmerged base GGUF + the LoRA GGUF (gguf_lora.py), judged like the merged file: reloaded by
+    transformers with the LoRA added as llama.cpp adds it (`gguf-lora-QUANT`), and by llama.cpp."""
+    base_path, lora_path = write_lora_pair(model, tokenizer, *paths, quant, name, meta)
+    eos, seqs = end_token_ids(tokenizer), [r["seq"] for r in reference]
+    folded, _ = load_folded(base_path, lora_path)
+    stats = compare(reference, model_outputs(folded, prompts, eos, tokenizer.pad_token_id, seqs))
+    del folded
+    report["checks"][f"gguf-lora-{quant}"] = {
+        **stats,
+        "precision": quant,
+        "file": lora_path.name,
+        "size_bytes": lora_path.stat().st_size,
+        "base_file": base_path.name,
+        "base_size_bytes": base_path.stat().st_size,
+        "broken": judge(stats, quant),
+    }
+    check_with_llamacpp(report, base_path, quant, prompts, reference, eos, lora=lora_path)
 
 
 def export_run(
@@ -298,9 +327,28 @@ def export_run(
         raise ExportError(f"--quant {quant}: choose one of {', '.join(QUANTS)}")
     if fmt == "safetensors":
         return merge_run(run, out)
+    refusal = lora_refusal(run)  # before any model loads
+    if fmt == "gguf-lora" and (refusal or quant not in LORA_QUANTS):
+        raise ExportError(refusal or f"--format gguf-lora --quant {quant}: choose {', '.join(LORA_QUANTS)}")
     out_dir = Path(out) if out else run_dir_of(run) / fmt
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, meta, prompts, reference, report = prepare(run)
+    name = run_dir_of(run).name
+    if fmt == "gguf-lora":
+        base = f"{Path(str(meta.base_model)).name}-{quant}.gguf"
+        paths = (out_dir / base, out_dir / f"{name}-lora-{quant}.gguf")
+        export_lora_pair(model, tokenizer, meta, paths, quant, name, prompts, reference, report)
+        write_parity(out_dir, report)
+        return out_dir
+    if fmt == "ollama" and not refusal:  # the Modelfile.adapter variant: FROM the base, ADAPTER the LoRA
+        paths = (out_dir / "base.gguf", out_dir / "adapter-lora.gguf")
+        try:
+            export_lora_pair(model, tokenizer, meta, paths, "f16", name, prompts, reference, report)
+        except ExportError as e:  # what only the loaded modules show (a regex target_modules)
+            refusal = str(e)
+    if fmt == "ollama" and refusal:
+        report["ollama_adapter"] = f"no Modelfile.adapter: {refusal}"
+        log.info("ollama: no Modelfile.adapter (%s)", refusal)
     eos, pad = end_token_ids(tokenizer), tokenizer.pad_token_id
     seqs = [r["seq"] for r in reference]
     has_adapter = hasattr(model, "merge_and_unload")
@@ -308,7 +356,6 @@ def export_run(
     if has_adapter:
         stats = compare(reference, model_outputs(merged, prompts, eos, pad, seqs))
         report["checks"]["merged"] = {**stats, "precision": "f32", "broken": judge(stats, "f32")}
-    name = run_dir_of(run).name
     gguf_path = out_dir / ("model.gguf" if fmt == "ollama" else f"{name}-{quant}.gguf")
     write_quantized(merged, tokenizer, gguf_path, quant, name, meta)
     n_ctx = min(int(merged.config.max_position_embeddings), 4096)
@@ -337,6 +384,11 @@ def export_run(
         (out_dir / "Modelfile").write_text(
             modelfile_text(tokenizer, template, meta.system_prompt, gguf_path.name, n_ctx)
         )
+        if not refusal:
+            text = modelfile_text(
+                tokenizer, template, meta.system_prompt, "base.gguf", n_ctx, "adapter-lora.gguf"
+            )
+            (out_dir / "Modelfile.adapter").write_text(text)
     write_parity(out_dir, report)
     log.info("%s written to %s", fmt, out_dir)
     return out_dir

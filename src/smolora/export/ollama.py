@@ -89,9 +89,15 @@ def go_literal(text: str) -> str:
 
 
 def modelfile_text(
-    tokenizer: Any, template: str, system_prompt: str | None, gguf_name: str, n_ctx: int
+    tokenizer: Any,
+    template: str,
+    system_prompt: str | None,
+    gguf_name: str,
+    n_ctx: int,
+    adapter: str | None = None,
 ) -> str:
-    """An Ollama Modelfile: FROM the GGUF, a Go TEMPLATE equal to the chat template, stops, parameters."""
+    """An Ollama Modelfile: FROM the GGUF (with `adapter`: the base, plus ADAPTER the LoRA GGUF), a Go
+    TEMPLATE equal to the chat template, stops, parameters."""
     parts = template_parts(tokenizer, template)
     turns = "".join(
         f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}'
@@ -103,8 +109,9 @@ def modelfile_text(
     stops = [tokenizer.convert_ids_to_tokens(i) for i in end_token_ids(tokenizer)]
     lines = [
         "# Written by `smolora export --format ollama`. Create the model with:",
-        "#   ollama create my-model -f Modelfile && ollama run my-model",
+        f"#   ollama create my-model -f {'Modelfile.adapter' if adapter else 'Modelfile'} && ollama run my-model",
         f"FROM ./{gguf_name}",
+        *([f"ADAPTER ./{adapter}"] if adapter else []),  # a LoRA GGUF for exactly this base
         f'TEMPLATE """{go_template}"""',
     ]
     system = system_prompt or parts["default_system"]
