@@ -269,3 +269,64 @@ def test_a_lone_adapter_is_merged_and_unmerged_back_to_the_base(offline):
     engine.iterate([])
     assert engine.merged is None
     torch.testing.assert_close(layer.base_layer.weight, before, rtol=0, atol=1e-6)
+
+
+def test_a_shared_system_prompt_is_computed_once_and_answers_as_without(client, offline, server):
+    """Prompts that start alike (a long system prompt) reuse its keys/values after the first
+    ones (prefix_tokens in /health grows), their log-probabilities still equal a plain forward
+    pass, and a prompt that shares only part of it (the prefix is cropped) answers right too."""
+    import httpx
+
+    from smolora.serve.jobs import chat_prompt_ids
+    from smolora.serve.schema import ChatRequest
+
+    system = "You answer questions about arithmetic in one short sentence, politely and exactly. " * 3
+    asks = [
+        [{"role": "system", "content": system}, {"role": "user", "content": q}]
+        for q in ("What is 3 plus one?", "What is 2 plus 2?", "Seven minus five?")
+    ]
+    asks.append([{"role": "system", "content": system[:90] + " Be brief."}, *USER])
+    before = httpx.get(f"{server}/health").json().get("prefix_tokens", 0)
+    for messages in asks:
+        r = client.chat.completions.create(
+            model=offline.default, messages=messages, logprobs=True, max_completion_tokens=4, **GREEDY
+        )
+        prompt = chat_prompt_ids(offline, offline.default, ChatRequest(messages=messages))
+        full, logprobs = greedy_offline(offline, offline.default, prompt, 4)
+        for k, item in enumerate(r.choices[0].logprobs.content):
+            t = len(prompt) + k
+            assert item.token == offline.tokenizer.decode([full[t]])
+            assert item.logprob == pytest.approx(float(logprobs[t - 1, full[t]]), abs=1e-4)
+    assert httpx.get(f"{server}/health").json()["prefix_tokens"] > before
+
+
+def test_prefixes_are_learnt_cropped_and_kept_per_adapter():
+    from types import SimpleNamespace
+
+    from smolora.serve.prefix import MIN_PREFIX, Prefix, Prefixes
+
+    def cache(n):  # what Prefixes reads of a DynamicCache: each layer's keys/values [rows, heads, n, dim]
+        return SimpleNamespace(
+            layers=[SimpleNamespace(keys=torch.zeros(1, 1, n, 2), values=torch.zeros(1, 1, n, 2))]
+        )
+
+    start = list(range(100, 100 + MIN_PREFIX + 4))
+    prefixes = Prefixes()
+    assert prefixes.lookup("a", [start + [1, 2]]) is None  # one prompt: nothing is shared yet
+    new = prefixes.lookup("a", [start + [3]])
+    assert new.ids == tuple(start) and new.cache is None
+    prefixes.keep("a", Prefix(new.ids, cache(len(new.ids))))
+    assert prefixes.lookup("a", [start + [9], start + [8, 7]]).ids == tuple(start)  # a hit
+    cropped = prefixes.lookup("a", [start[: MIN_PREFIX + 1] + [5, 6]])
+    assert (
+        cropped.ids == tuple(start[: MIN_PREFIX + 1])
+        and cropped.cache.layers[0].values.shape[2] == MIN_PREFIX + 1
+    )
+    assert prefixes.lookup("b", [start + [3]]) is None  # another adapter learns its own
+    assert prefixes.lookup("a", [list(range(MIN_PREFIX + 5))]) is None  # shares too little
+    assert prefixes.lookup("a", [start[:3]]) is None  # a prompt keeps a token of its own
+    other = list(range(500, 500 + MIN_PREFIX))  # a new system prompt: what is kept does not block it
+    assert prefixes.lookup("a", [other + [1]]) is None
+    assert prefixes.lookup("a", [other + [2]]).ids == tuple(other)
+    prefixes.clear()
+    assert prefixes.entries == {} and prefixes.last == {}

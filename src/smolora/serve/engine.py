@@ -6,7 +6,8 @@ KV cache (transformers' DynamicCache), attention mask, next positions and next-t
 Each iteration (`Engine.iterate`, in a thread):
 
 1. chores (adapter loads and unloads, `between_steps`) run while no forward pass does;
-2. newly admitted jobs are prefilled together and merged into their lane: the shorter of the two
+2. newly admitted jobs are prefilled together (after the prompt start they share with earlier
+   ones, whose keys/values `prefix.py` keeps) and merged into their lane: the shorter of the two
    caches is padded on the left and the rows are concatenated on the batch axis;
 3. every lane picks each row's next token from its logits (`pick.py`: greedy, or temperature and
    top-p with the row's own seeded generator, through the row's grammar if it has one), streams
@@ -52,6 +53,7 @@ from smolora.serve.batching import (
     unqueue,
 )
 from smolora.serve.pick import entry, pick_tokens, prompt_entries
+from smolora.serve.prefix import Prefix, Prefixes, batch_cache
 
 log = logging.getLogger("smolora")
 
@@ -109,6 +111,7 @@ class Engine:
         self.peft = hasattr(self.model, "disable_adapter")
         self.mergeable = self.peft and self.mixed  # plain LoRA: merging and unmerging are exact enough
         self.merged: str | None = None  # the adapter folded into the base weights now, if any
+        self.prefixes = Prefixes()
         self.lanes: dict[str | None, Lane] = {}
         self.control = BatchControl(served, [])
         tok = served.tokenizer
@@ -161,23 +164,44 @@ class Engine:
         with self.adapters(key, rows) as extra:
             return self.model(**inputs, **extra, use_cache=True, return_dict=True)
 
+    def shared_prefix(self, key: str | None, jobs: list[Job]) -> Prefix | None:
+        """The prefix cache for these jobs (computed now if it is new), or None: prompts that
+        want their own log-probabilities (echo) or rows of several adapters run whole."""
+        names = {peft_name(self.served, j) for j in jobs}
+        if len(names) != 1 or any(j.echo_logprobs for j in jobs):
+            return None
+        (name,) = names
+        prefix = self.prefixes.lookup(name, [j.ids for j in jobs])
+        if prefix is not None and prefix.cache is None:
+            ids = torch.tensor([prefix.ids], device=self.device)
+            prefix.cache = cache_of(self.forward(key, jobs[:1], input_ids=ids, logits_to_keep=1))
+            self.prefixes.keep(name, prefix)
+        return prefix
+
     @torch.inference_mode()
     def prefill(self, key: str | None, jobs: list[Job]) -> None:
-        """Run the new jobs' prompts and merge them into their lane."""
-        width = max(len(j.ids) for j in jobs)
+        """Run the new jobs' prompts (after their shared prefix, if any) and merge them into their lane."""
+        prefix = self.shared_prefix(key, jobs)
+        skip = len(prefix.ids) if prefix else 0
+        width = max(len(j.ids) for j in jobs) - skip
         ids = torch.full((len(jobs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        mask = torch.zeros((len(jobs), skip + width), dtype=torch.long)
+        mask[:, :skip] = 1  # prefix | left padding | the rest of the prompt
         for i, job in enumerate(jobs):
-            ids[i, width - len(job.ids) :] = torch.tensor(job.ids)
-            mask[i, width - len(job.ids) :] = 1
+            ids[i, width - len(job.ids) + skip :] = torch.tensor(job.ids[skip:])
+            mask[i, skip + width - len(job.ids) + skip :] = 1
         echo = any(j.echo_logprobs for j in jobs)
+        cached = {CACHE_ARG: batch_cache(prefix, len(jobs))} if prefix else {}
+        if prefix:
+            self.served.stats["prefix_tokens"] = self.served.stats.get("prefix_tokens", 0) + skip * len(jobs)
         out = self.forward(
             key,
             jobs,
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, skip:].to(self.device),
             logits_to_keep=0 if echo else 1,
+            **cached,
         )
         for i, job in enumerate(jobs):
             if job.echo_logprobs:  # the prompt's own log-probabilities (completions with echo)
@@ -240,6 +264,7 @@ class Engine:
         """One round of the worker (see the module docstring); a failure answers only its own rows."""
         if not self.served.chores.empty():
             self.unmerge()  # adapter loads, unloads and embeddings see the base weights as loaded
+            self.prefixes.clear()  # a reloaded name may be another adapter
         run_chores(self.served)
         groups: dict[str | None, list[Job]] = {}
         for job in new:
