@@ -286,7 +286,7 @@ def test_a_shared_system_prompt_is_computed_once_and_answers_as_without(client, 
         for q in ("What is 3 plus one?", "What is 2 plus 2?", "Seven minus five?")
     ]
     asks.append([{"role": "system", "content": system[:90] + " Be brief."}, *USER])
-    before = httpx.get(f"{server}/health").json().get("prefix_tokens", 0)
+    before = httpx.get(f"{server}/health").json()["prefix_tokens"]
     for messages in asks:
         r = client.chat.completions.create(
             model=offline.default, messages=messages, logprobs=True, max_completion_tokens=4, **GREEDY

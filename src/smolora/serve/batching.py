@@ -86,7 +86,9 @@ class Served:
     pending: dict[str, dict[Job, None]] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)  # client -> its jobs in `pending`
     current: list[Job] = field(default_factory=list)  # the batch being decoded
-    stats: dict[str, int] = field(default_factory=lambda: {"completed": 0, "cancelled": 0, "batches": 0})
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"completed": 0, "cancelled": 0, "batches": 0, "prefix_tokens": 0}
+    )
     tok_lock: threading.Lock = field(default_factory=threading.Lock)
     # Prompts are tokenised here, off the event loop, one at a time (a 1 MB prompt takes a while).
     tok_pool: ThreadPoolExecutor = field(

@@ -193,7 +193,7 @@ class Engine:
         echo = any(j.echo_logprobs for j in jobs)
         cached = {CACHE_ARG: batch_cache(prefix, len(jobs))} if prefix else {}
         if prefix:
-            self.served.stats["prefix_tokens"] = self.served.stats.get("prefix_tokens", 0) + skip * len(jobs)
+            self.served.stats["prefix_tokens"] += skip * len(jobs)
         out = self.forward(
             key,
             jobs,
