@@ -313,9 +313,9 @@ def fake_report() -> dict:
     }
 
 
-def smolora_main(*args) -> tuple[int, str]:
+def smolora_main(*args, stderr_only: bool = False) -> tuple[int, str]:
     """`smolora ARGS` as the console script runs it (cli.main: a SmoLoRAError is one line, exit 2),
-    in CliRunner's isolation: (exit code, stdout + stderr)."""
+    in CliRunner's isolation: (exit code, stdout + stderr, or stderr alone)."""
     from typer.testing import CliRunner
 
     from smolora.cli.main import main
@@ -330,4 +330,4 @@ def smolora_main(*args) -> tuple[int, str]:
             code = e.code if isinstance(e.code, int) else int(e.code is not None)
         finally:
             sys.argv = argv
-        return code, out.getvalue().decode() + err.getvalue().decode()
+        return code, ("" if stderr_only else out.getvalue().decode()) + err.getvalue().decode()

@@ -14,14 +14,13 @@ Run as:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from bad_inputs import CONFIG_CASES, DATA_CASES, HUGE_CASES, make_config_corpus, make_data_corpus
+from helpers import smolora_main
 from smolora.config import DataSection, load_config
 from smolora.data import read_records
 from smolora.data.encode import load_examples
@@ -113,20 +112,8 @@ def stream_all(path: Path, tokenizer, text_mode: str) -> int:
 
 
 def run_cli(*args: str) -> tuple[int, str]:
-    """`smolora ARGS` as the console script runs it (cli.main), in CliRunner's isolation: (exit code, stderr)."""
-    from smolora.cli.main import main
-
-    argv = sys.argv
-    with CliRunner().isolation(env={"COLUMNS": "200"}) as (_, err, _):
-        sys.argv = ["smolora", *args]
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else int(e.code is not None)
-        finally:
-            sys.argv = argv
-        return code, err.getvalue().decode()
+    """`smolora ARGS` as the console script runs it: (exit code, stderr)."""
+    return smolora_main(*args, stderr_only=True)
 
 
 def check_cli_error(code: int, stderr: str, name: str, one_line: bool = True) -> None:
