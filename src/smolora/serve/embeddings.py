@@ -17,18 +17,19 @@ import asyncio
 import base64
 import contextlib
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 from fastapi import Request as HTTPRequest
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field
 
 from smolora.serve.batching import Served, active, between_steps
 from smolora.serve.jobs import check_model, prompt_ids, tokenize
 from smolora.serve.openai import APIError
-from smolora.serve.schema import Prompt, TokenIds, prompt_kind
+from smolora.serve.schema import prompts_type
 
 MAX_INPUTS = 128  # inputs in one request (OpenAI allows 2048; a CPU server is slower)
+EmbeddingInputs = prompts_type(MAX_INPUTS)
 MAX_TOTAL_TOKENS = 32768  # over all inputs of one request
 # Padded tokens per forward pass, i.e. per pause of the decoding worker: 4096 took 16 s on SmolLM2-135M
 # with one CPU thread; 512 is about one prefill of a 512-token prompt, which the engine pauses for anyway.
@@ -38,13 +39,9 @@ CHUNK_TOKENS = 512
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # `user` and the like: accepted, ignored
     model: str | None = None
-    input: Annotated[
-        Annotated[Prompt, Tag("str")]
-        | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_INPUTS), Tag("list[str]")]
-        | Annotated[TokenIds, Tag("list[int]")]
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS), Tag("list[list[int]]")],
-        Discriminator(prompt_kind),
-    ] = Field(description="Text, a list of texts, token ids, or a list of token-id lists.")
+    input: EmbeddingInputs = Field(
+        description="Text, a list of texts, token ids, or a list of token-id lists."
+    )
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1, description="Only the model's hidden size is accepted.")
     normalize: bool | None = Field(None, description="vLLM extension: false for the raw mean (default true).")

@@ -114,14 +114,25 @@ def prompt_kind(value: Any) -> str:
     return "list[str]" if isinstance(value, list) else "str"
 
 
-class CompletionRequest(BaseRequest):
-    prompt: Annotated[
+def prompts_type(most: int) -> Any:
+    """Text, a list of texts, token ids or a list of token-id lists, at most `most` in a list:
+    what /v1/completions takes as `prompt` and /v1/embeddings as `input`."""
+    return Annotated[
         Annotated[Prompt, Tag("str")]
-        | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS), Tag("list[str]")]
+        | Annotated[list[Prompt], Field(min_length=1, max_length=most), Tag("list[str]")]
         | Annotated[TokenIds, Tag("list[int]")]
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS), Tag("list[list[int]]")],
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=most), Tag("list[list[int]]")],
         Discriminator(prompt_kind),
-    ] = Field(description="Text, a list of texts, token ids, or a list of token-id lists.")
+    ]
+
+
+CompletionPrompts = prompts_type(MAX_PROMPTS)
+
+
+class CompletionRequest(BaseRequest):
+    prompt: CompletionPrompts = Field(
+        description="Text, a list of texts, token ids, or a list of token-id lists."
+    )
     max_tokens: int | None = Field(
         None, ge=0, le=MAX_TOKENS_CEILING, description="Default 16, as OpenAI's; 0 only with echo."
     )
