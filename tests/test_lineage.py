@@ -83,3 +83,32 @@ def test_ui_chat_shows_the_warning(ui_client, moved_run, ui_ws, monkeypatch):
     )
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     assert any(WRONG in e.get("warning", "") for e in events), events
+
+
+def test_ui_strict_refuses_the_chat(ui_client, moved_run, ui_ws, monkeypatch):
+    """`smolora ui --strict` makes the Chat view refuse a run whose base is not its own."""
+    import os
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from smolora.cli.main import app
+    from smolora.ui import chat
+
+    monkeypatch.setattr(uvicorn, "run", lambda served, **kw: None)
+    monkeypatch.chdir(ui_ws)  # `smolora ui` changes into the workspace; put the test back after
+    r = CliRunner().invoke(app, ["ui", "--workspace", str(ui_ws), "--strict"])
+    assert r.exit_code == 0, r.output
+    assert os.environ[STRICT_ENV] == "1"
+    shutil.copytree(moved_run, ui_ws / "runs" / "moved-strict")
+    monkeypatch.setattr(chat, "_models", type(chat._models)())
+    r = ui_client.post(
+        "/api/chat",
+        json={
+            "model": "runs/moved-strict",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_new_tokens": 2,
+        },
+    )
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert any("refused under --strict" in str(e.get("error", "")) for e in events), events

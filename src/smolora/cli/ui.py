@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from smolora.cli.common import StrictOpt, strict_process
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 JobsWorkers = Annotated[
     int,
@@ -58,6 +60,7 @@ def ui(
         ),
     ] = False,
     jobs_workers: JobsWorkers = 1,
+    strict: StrictOpt = False,
 ) -> None:
     """Open the web UI: train, watch, compare, chat, export and manage models in the browser.
 
@@ -74,6 +77,7 @@ def ui(
     from smolora.ui import create_app
     from smolora.ui.guard import MIN_TOKEN, allowed_hosts, new_token
 
+    strict_process(strict)  # the Chat view's loads refuse a base that is not the run's own
     if not workspace.is_dir():
         raise SmoLoRAError(f"--workspace {workspace}: no such directory; create it or pick another")
     if token is not None and len(token.strip()) < MIN_TOKEN:
