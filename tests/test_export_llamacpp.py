@@ -101,8 +101,13 @@ def strong(run, root):
     return out
 
 
-@pytest.mark.parametrize("method", ["lora", "rslora"])
-def test_base_plus_lora_in_llamacpp_matches_the_adapter(tmp_path_factory, tiny_model_dir, tmp_path, method):
+# rsLoRA in f32: its B carries sqrt(r), and in f16 the rounding of that stronger B on the tiny model's
+# small logits (largest 0.6) measured 2.1% (transformers) and 5.2% (llama.cpp) of the largest logit,
+# over f16's 2% although greedy tokens and perplexity agreed; f32 judges the scale exactly.
+@pytest.mark.parametrize("method, quant", [("lora", "f16"), ("rslora", "f32")])
+def test_base_plus_lora_in_llamacpp_matches_the_adapter(
+    tmp_path_factory, tiny_model_dir, tmp_path, method, quant
+):
     """`-m base.gguf --lora x-lora.gguf` in llama.cpp answers as the PEFT adapter model does (rsLoRA:
     its alpha / sqrt(r) folded into B, since llama.cpp scales by alpha / r)."""
     from helpers import tiny_config, write_qa
@@ -112,8 +117,8 @@ def test_base_plus_lora_in_llamacpp_matches_the_adapter(tmp_path_factory, tiny_m
     cfg = tiny_config(tiny_model_dir, write_qa(root / "qa.jsonl", 24), root, "train.max_steps=2",
                       "train.threads=1", f"lora.method={method}", "lora.r=4")  # fmt: skip
     run = strong(train(cfg, show_progress=False), root)
-    report = parity(export_run(run, "gguf-lora", "f16", tmp_path / "lora"))
-    row = report["checks"]["llamacpp-lora-f16"]
+    report = parity(export_run(run, "gguf-lora", quant, tmp_path / "lora"))
+    row = report["checks"][f"llamacpp-lora-{quant}"]
     assert report["passed"] and row["broken"] == [] and row["tokenizer_match"], row
     assert row["greedy_match"] == 1.0 and row["token_agreement"] >= 0.95 and row["ppl_rel_diff"] < 0.01
 
