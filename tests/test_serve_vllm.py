@@ -253,3 +253,25 @@ def test_the_default_python_is_the_checkouts_venv(tmp_path, monkeypatch):
     venv_python.write_text("#!/bin/sh\n")
     venv_python.chmod(0o755)
     assert launcher.find_python(None) == venv_python
+
+
+def test_a_base_other_than_the_runs_own_warns_or_refuses_under_strict(
+    tiny_run, tmp_path, monkeypatch, caplog
+):
+    """The lineage guard of our engine, for vLLM too: the run and each --adapter."""
+    import shutil
+
+    from smolora.errors import ModelError
+    from smolora.model.lineage import STRICT_ENV
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run, moved)
+    meta = moved / "adapter" / "smolora.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "base_sha256": "0" * 64}))
+    monkeypatch.setenv(STRICT_ENV, "0")
+    vllm_command(str(tiny_run), {"moved": str(moved)}, "py", "127.0.0.1", 8011, None, cpu=True)
+    assert any("0" * 64 in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv(STRICT_ENV, "1")
+    for run, adapters in ((moved, {}), (tiny_run, {"moved": str(moved)})):
+        with pytest.raises(ModelError, match="refused under --strict"):
+            vllm_command(str(run), adapters, "py", "127.0.0.1", 8011, None, cpu=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from smolora.errors import ExportError, SmoLoRAError
+from smolora.model.lineage import check_lineage
 from smolora.runs import (
     ADAPTER_DIR,
     MERGED_DIR,
@@ -154,6 +155,7 @@ def lora_adapters(base: Path, base_meta: AdapterMeta | None, adapters: dict[str,
             raise ExportError(
                 f"--adapter {name} was trained on {meta.base_model}, not {on}; serve it on its own"
             )
+        check_lineage(meta, adapter_dir, base)  # warns, or refuses under --strict, as our engine does
         out[name] = adapter_dir.resolve()
     return out
 
@@ -184,6 +186,7 @@ def model_args(model_or_run: str, adapters: dict[str, str]) -> tuple[list[str], 
         args = ["--model", str(merged.resolve()), "--served-model-name", name]
         return args, [f"serving the merged model {merged}: {why}", *notes]
     base = resolve_model(meta.base_model)
+    check_lineage(meta, primary, base)
     loras = {name: primary.resolve(), **lora_adapters(base, meta, adapters)}
     args = lora_args(base, meta.base_model, meta, loras)
     if meta.chat_template and meta.chat_template != base_template(base):
