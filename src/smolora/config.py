@@ -189,8 +189,8 @@ class TrainSection(ObjectiveFields, Section):
     fuse_projections: bool | Literal["auto"] = Field(
         "auto",
         description="Compute the LoRA projections that share an input (q, k, v; gate, up) as one group "
-        "and RMSNorm as F.rms_norm (model/fused.py); auto: where measured not slower; PEFT's own path "
-        "wherever that would not be exact.",
+        "(model/fused.py; PEFT's own path wherever that would not be exact); auto: only where measured "
+        "not slower (not yet anywhere: 0.84-1.0x on a CPU, docs/benchmarks.md).",
     )
     accelerate_config: str | None = Field(
         None, description="accelerate config file (FSDP, DeepSpeed ZeRO, nodes); see examples/accelerate/."

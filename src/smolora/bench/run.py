@@ -91,9 +91,8 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         t2 = time.perf_counter()
         rows = fresh.stats["n_train"] + fresh.stats["n_val"]
         clock = Clock()
-        profiler = Profiler(
-            max(args.warmup, 1)
-        )  # the last warm-up step: outside the clock if args.profile else None
+        # the last warm-up step: outside the clock
+        profiler = Profiler(max(args.warmup, 1)) if args.profile else None
         train(cfg, show_progress=False, callbacks=[clock] + ([profiler] if profiler else []))
     a, b = args.warmup, args.warmup + args.steps
     wall = clock.ends[b] - clock.ends[a]

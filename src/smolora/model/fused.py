@@ -18,13 +18,12 @@ quantized or non-Linear base layers, trainable base weights and mixed dtypes are
 a merged or disabled adapter, several active adapters, extra forward arguments, or a weight that
 no longer sits in the group tensor (moved by .to(), replaced by a merge) run PEFT's own forward.
 
-`use_fused_rms_norm` is the element-wise part: Llama-style RMSNorm as torch's F.rms_norm (float32:
-the same numbers, measured bit for bit). There is no fused SiLU-and-multiply for CPU tensors in
-torch, so the MLP's act(gate) * up stays two ops.
+Element-wise fusion is not here: torch 2.13's F.rms_norm on a CPU runs the same pow/mean/rsqrt/mul
+ops as the model's own RMSNorm (same op counts in the profile, the same numbers bit for bit, no
+time saved), and torch has no fused SiLU-and-multiply for CPU tensors.
 
 Run as:
     groups = fuse_projections(model)     # after get_peft_model; 0 when there is nothing to fuse
-    norms = use_fused_rms_norm(model)
     unfuse_projections(model)            # plain PEFT modules again, each weight its own tensor
 """
 
@@ -128,11 +127,8 @@ def _install(group: Group) -> None:
 
 
 def unfuse_projections(model: nn.Module) -> int:
-    """Undo `fuse_projections` (and `use_fused_rms_norm`): PEFT's forward and a weight of its own
-    (a copy) for each module, the model's own RMSNorm; returns how many groups there were."""
-    for m in model.modules():
-        if getattr(vars(m).get("forward"), "func", None) is _rms_norm:
-            del m.forward
+    """Undo `fuse_projections`: PEFT's forward and a weight of its own (a copy) for each module;
+    returns how many groups there were."""
     groups = {id(g): g for m in model.modules() if (g := getattr(m, GROUP_ATTR, None)) is not None}
     for group in groups.values():
         for m in group.modules:
@@ -204,27 +200,3 @@ def _group_forward(group: Group, x: torch.Tensor) -> list[torch.Tensor]:
         out = torch.addmm(part.to(low.dtype), low, m.lora_B[a].weight.t(), alpha=m.scaling[a])
         outs.append(out.to(base.dtype).view(*lead, -1))
     return outs
-
-
-# --- RMSNorm as torch's one fused kernel -------------------------------------------------------
-
-# weight * x / rms(x), exactly (Gemma's (1 + weight) form is not one of them).
-RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
-
-
-def use_fused_rms_norm(model: nn.Module) -> int:
-    """Run the decoder's RMSNorms through F.rms_norm (one kernel instead of pow, mean, add, rsqrt and
-    two multiplies, each saved for backward) in float32; returns how many. Other dtypes keep the
-    model's own forward (it normalises in float32 and rounds before the weight)."""
-    count = 0
-    for m in model.modules():
-        if type(m).__name__ in RMS_NORMS and "forward" not in vars(m):
-            m.forward = functools.partial(_rms_norm, m)
-            count += 1
-    return count
-
-
-def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float32 or norm.weight.dtype != torch.float32:
-        return type(norm).forward(norm, x)
-    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)

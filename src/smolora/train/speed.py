@@ -29,12 +29,14 @@ import torch
 from torch import nn
 
 from smolora.config import RunConfig
-from smolora.model.fused import fuse_projections, use_fused_rms_norm
+from smolora.model.fused import fuse_projections
 from smolora.model.load import pick_dtype
 
 log = logging.getLogger("smolora")
-# Where `train.fuse_projections: auto` fuses: measured not slower there (docs/benchmarks.md).
-FUSE_AUTO_DEVICES = ("cpu",)
+# Where `train.fuse_projections: auto` fuses: only where measured not slower (docs/benchmarks.md).
+# Nowhere yet: on a 2-core AVX-512 Xeon (no bf16) the whole bench step ran 0.84-1.0x unfused
+# (three idle pairs: 176.6 vs 177.0, 161.9 vs 188.4, 175.5 vs 208.5 real tokens/s), CUDA unmeasured.
+FUSE_AUTO_DEVICES: tuple[str, ...] = ()
 
 
 # --- dropout that draws p*n random numbers instead of n ----------------------------------------
@@ -139,7 +141,7 @@ def pick_batching(cfg: RunConfig, device: str) -> str:
 
 def pick_fusion(cfg: RunConfig, device: str) -> bool:
     """train.fuse_projections: true fuses wherever it can be exact (model/fused.py falls back per
-    module); auto only on a CPU, where it was measured (docs/benchmarks.md). Never for methods that
+    module); auto only on FUSE_AUTO_DEVICES (measured not slower there). Never for methods that
     are not vanilla LoRA, quantized or Unsloth models, compiled layers, or several processes."""
     setting = cfg.train.fuse_projections
     plain = cfg.lora.method in ("lora", "rslora") and cfg.model.backend == "hf"
@@ -184,10 +186,7 @@ def apply_fast_path(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     if plan["dropout"] == "sparse":
         use_sparse_dropout(model)
     if plan.get("fuse"):
-        groups, norms = fuse_projections(model), use_fused_rms_norm(model)
-        log.info(
-            "fused projections: %d groups (q,k,v and gate,up share an input), %d RMSNorms", groups, norms
-        )
+        log.info("fused projections: %d groups (q,k,v and gate,up share an input)", fuse_projections(model))
     if plan["liger"]:
         use_liger(model)
     if plan["compile"]:
