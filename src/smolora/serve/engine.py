@@ -3,7 +3,7 @@ when they finish, so nobody waits for somebody else's long answer.
 
 The worker owns one `Lane` per group of rows decoded together: a left-padded batch with its own
 KV cache (transformers' DynamicCache), attention mask, next positions and next-token logits.
-Each iteration (`Engine.iterate`, in a thread):
+Each iteration (`Engine.iterate`, on the model's own thread, `on_model_thread`):
 
 1. chores (adapter loads and unloads, `between_steps`) run while no forward pass does;
 2. newly admitted jobs are prefilled together (after the prompt start they share with earlier
@@ -188,11 +188,13 @@ class Engine:
         mask = torch.zeros((len(jobs), skip + width), dtype=torch.long)
         mask[:, :skip] = 1  # prefix | left padding | the rest of the prompt
         for i, job in enumerate(jobs):
-            ids[i, width - len(job.ids) + skip :] = torch.tensor(job.ids[skip:])
-            mask[i, skip + width - len(job.ids) + skip :] = 1
+            rest = len(job.ids) - skip
+            ids[i, width - rest :] = torch.tensor(job.ids[skip:])
+            mask[i, skip + width - rest :] = 1
         echo = any(j.echo_logprobs for j in jobs)
-        cached = {CACHE_ARG: batch_cache(prefix, len(jobs))} if prefix else {}
+        cached = {}
         if prefix:
+            cached[CACHE_ARG] = batch_cache(prefix, len(jobs))
             self.served.stats["prefix_tokens"] += skip * len(jobs)
         out = self.forward(
             key,

@@ -14,7 +14,10 @@ from the prefix, which is all the attention needs.
 
 Run as:
     prefixes = Prefixes()
-    shared = prefixes.lookup("default", [job.ids for job in jobs])   # the length to compute, or a hit
+    prefix = prefixes.lookup("default", [job.ids for job in jobs])  # None, a kept one, or one to compute
+    if prefix is not None and prefix.cache is None:
+        prefix.cache = ...  # a forward pass over prefix.ids; then
+        prefixes.keep("default", prefix)
 """
 
 from __future__ import annotations
