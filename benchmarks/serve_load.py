@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import socket
 import statistics
 import subprocess
@@ -134,22 +135,25 @@ def run_serve_bench(
     threads: int | None = None,
     modes: tuple[str, ...] = ("static", "continuous"),
     fixed: bool = False,
+    server_args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Serve `model_path` with each batching mode (`--max-batch` = the concurrency, so static
     batching gets its best case) and measure every concurrency: {"c8": {"static": {...}, ...}}.
-    n defaults to 4 requests per client (at least 12)."""
+    n defaults to 4 requests per client (at least 12); `server_args` go to every server started."""
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
     result: dict[str, Any] = {"model": str(model_path), "max_tokens": max_tokens, "levels": levels}
     result["fixed_length"] = fixed
+    result["server_args"] = server_args or []
     with tempfile.TemporaryDirectory() as tmp:
         for c in levels:
             count = n or max(12, 4 * c)
             row: dict[str, Any] = {"n": count}
             for mode in modes:
-                extra = ["--batching", mode, "--rate-limit", "0"]
+                extra = ["--batching", mode, "--rate-limit", "0", *(server_args or [])]
                 proc, url = start_server(str(model_path), c, threads, Path(tmp) / f"{mode}-{c}.log", extra)
                 try:
                     served = httpx.get(f"{url}/health", timeout=10).json()
+                    result["weight_layout"] = served.get("weight_layout")
                     model = served["models"][-1]  # the run's adapter (the base when serving a plain model)
                     asyncio.run(fire(url, model, c, c, max_tokens, fixed))  # warm-up
                     before = httpx.get(f"{url}/health", timeout=10).json()["batches"]
@@ -206,11 +210,22 @@ def main() -> None:
     parser.add_argument(
         "--fixed-length", action="store_true", help="Every answer max_tokens long (ignore_eos)."
     )
+    parser.add_argument("--modes", default="static,continuous", help="Batching modes, comma-separated.")
+    parser.add_argument(
+        "--server-args", default="", help='More `smolora serve` options, e.g. "--weight-layout row".'
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the result here.")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     result = run_serve_bench(
-        args.model_path, args.n, levels, args.max_tokens, args.threads, fixed=args.fixed_length
+        args.model_path,
+        args.n,
+        levels,
+        args.max_tokens,
+        args.threads,
+        modes=tuple(args.modes.split(",")),
+        fixed=args.fixed_length,
+        server_args=shlex.split(args.server_args),
     )
     text = json.dumps(result, indent=2)
     print(text)

@@ -38,6 +38,8 @@ def server(runs, tiny_model_dir, tmp_path_factory):
         "4",
         "--batch-wait-ms",
         "300",
+        "--weight-layout",
+        "column",  # every test of this module decodes through transposed weights (model/layout.py)
     )
     yield {"url": base, "base_model": str(tiny_model_dir), "proc": proc, "log": log}
     proc.terminate()
@@ -59,6 +61,11 @@ def health(server) -> dict:
 
 
 USER = [{"role": "user", "content": "What is 3 plus one?"}]
+
+
+def test_health_says_which_weight_layout_was_chosen(server):
+    assert health(server)["weight_layout"] == "column-major (asked for)"
+    assert "weights: column-major (asked for)" in server["log"].read_text()
 
 
 def test_list_models(client, server):

@@ -81,6 +81,7 @@ class Served:
     max_tokens_cap: int = 2048  # the most tokens one request may ask for (--max-tokens-cap)
     request_timeout: float = 300.0  # seconds a request may wait and decode (--request-timeout)
     context: int = 2048
+    weight_layout: str = "row-major"  # what model/layout.py chose at load, and why (/health)
     meta: dict[str, Any] = field(default_factory=dict)  # the served run's (base, surgery): admin.py checks
     # served name -> waiting jobs, oldest first (a dict as an ordered set: O(1) removal)
     pending: dict[str, dict[Job, None]] = field(default_factory=dict)

@@ -25,9 +25,11 @@ def adapter_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def load_served(
-    model_or_run: str, adapters: dict[str, str] | None = None, device: str | None = None
+    model_or_run: str, adapters: dict[str, str] | None = None, device: str | None = None, layout: str = "auto"
 ) -> Served:
-    """Load a run (its base plus adapter) or a plain model, then any extra adapters onto the same base."""
+    """Load a run (its base plus adapter) or a plain model, then any extra adapters onto the same base.
+    `layout`: the weights' memory layout (model/layout.py; "auto" measures which is faster)."""
+    from smolora.model.layout import choose_layout
     from smolora.model.load import load_for_inference
     from smolora.model.store import resolve_model
 
@@ -66,9 +68,18 @@ def load_served(
         peft_name = f"adapter{i + 1}"  # PEFT names become module keys: no dots or dashes
         names[name] = load_extra_adapter(model, peft_model, meta, name, path, peft_name)
     model.eval()
+    weight_layout = choose_layout(model, layout)
     default = primary_name if primary_name in names else next(iter(names))
     context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    return Served(model=model, tokenizer=tokenizer, names=names, default=default, context=context, meta=meta)
+    return Served(
+        model=model,
+        tokenizer=tokenizer,
+        names=names,
+        default=default,
+        context=context,
+        meta=meta,
+        weight_layout=weight_layout,
+    )
 
 
 def load_extra_adapter(

@@ -60,6 +60,7 @@ async def health(request: HTTPRequest):
         "active": active(served),
         "max_batch": served.max_batch,
         "device": str(next(served.model.parameters()).device),
+        "weight_layout": served.weight_layout,
         **served.stats,
     }
     return {**state, "models": list(served.names)} if authorized(request) else state
