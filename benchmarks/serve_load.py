@@ -153,11 +153,11 @@ def run_serve_bench(
                 proc, url = start_server(str(model_path), c, threads, Path(tmp) / f"{mode}-{c}.log", extra)
                 try:
                     served = httpx.get(f"{url}/health", timeout=10).json()
-                    result["weight_layout"] = served.get("weight_layout")
                     model = served["models"][-1]  # the run's adapter (the base when serving a plain model)
                     asyncio.run(fire(url, model, c, c, max_tokens, fixed))  # warm-up
                     before = httpx.get(f"{url}/health", timeout=10).json()["batches"]
                     row[mode] = asyncio.run(fire(url, model, count, c, max_tokens, fixed))
+                    row[mode]["weight_layout"] = served.get("weight_layout")  # each server measures its own
                     # static: generate() calls; continuous: prefills (requests joining the batch)
                     row[mode]["batches"] = httpx.get(f"{url}/health", timeout=10).json()["batches"] - before
                 finally:

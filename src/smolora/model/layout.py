@@ -20,7 +20,7 @@ memory is added. Inference only: an optimizer step on these weights would still 
 the reason for the layout would be gone.
 
 Run as:
-    reason = choose_layout(model, "auto")   # "column-major: 2.1x faster at 8-32 rows (measured)"
+    reason = choose_layout(model, "auto")   # "column-major: 2.40x faster at 8-32 rows of 576->1536 (measured)"
     relayout(model)                          # or force it; returns how many weights moved
 """
 
@@ -49,7 +49,7 @@ def relayout(model: nn.Module) -> int:
     moved = 0
     for module in linears(model):
         w = module.weight
-        if w.dim() == 2 and w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1:
+        if w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1:  # [1, n]: both layouts are one
             w.data = w.data.t().contiguous().t()
             moved += 1
     return moved
@@ -79,16 +79,16 @@ def column_speedup(out_features: int, in_features: int, dtype: torch.dtype, reps
 
 
 def choose_layout(model: nn.Module, layout: str = "auto") -> str:
-    """Apply `layout` ("auto" measures the model's most common weight shape) and say what was done."""
+    """Apply `layout` ("auto" measures the weight shape that holds most of the model) and say what was done."""
     if layout not in LAYOUTS:
         raise ValueError(f"weight layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     found = linears(model)
     if not found or layout == "row":
         return "row-major" + (" (asked for)" if layout == "row" else " (no Linear weights)")
-    device = found[0].weight.device
     if layout == "column":
         relayout(model)
         return "column-major (asked for)"
+    device = found[0].weight.device
     if device.type != "cpu":
         return f"row-major ({device.type}: its matmul libraries pick their own layouts)"
     shapes: Counter = Counter()
