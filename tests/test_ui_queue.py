@@ -96,7 +96,10 @@ def test_two_starts_queue_one_behind_the_other_and_a_restarted_ui_lists_and_resu
         assert done["step"] == STEPS and isinstance(done["loss"], float)
         events = every_event(root, first["id"])
         said = [e["message"] for e in events]
-        assert any(m.startswith("Resuming from checkpoint-") for m in said), said
+        resumed = next(i for i, m in enumerate(said) if m.startswith("Resuming from checkpoint-"))
+        # A clean stop (one SIGTERM: a second means abort) saved a checkpoint at the step it ended on.
+        before = [e["data"]["step"] for e in events[resumed:] if e["type"] == "metrics"]
+        assert events[resumed]["data"]["step"] == max(before), said
         # Progress from the events: every training step once, resumed or not.
         steps = [e["data"]["step"] for e in events if e["type"] == "metrics" and "train_loss" in e["data"]]
         assert sorted(steps) == list(range(1, STEPS + 1))

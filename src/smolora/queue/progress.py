@@ -2,8 +2,10 @@
 
 `Progress.update(run_dir)` reads the new lines of the run's `metrics.jsonl` (one metrics event
 per training step and per evaluation) and the checkpoints published since the last look. A
-resumed run trims its metrics file back to the checkpoint's step and logs those steps again;
-steps already recorded are skipped, so every step has one event whatever restarts happened.
+resumed run trims its metrics file back to the checkpoint's step (a new file, written beside
+the old and renamed over it) and logs those steps again; the reader starts the new file from its
+beginning and skips the steps already recorded, so every step has one event whatever restarts
+happened.
 
 Run as:
     progress = Progress(root, job)
@@ -13,6 +15,7 @@ Run as:
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ class Progress:
 
     def __init__(self, root: Path, job: dict[str, Any]) -> None:
         self.root, self.job_id = root, job["id"]
-        self.offset = 0
+        self.offset, self.file = 0, None  # where we are in which file (device, inode)
         self.last = last_steps(root, job["id"])  # {"train": step, "valid": step}
         self.losses: dict[int, float] = {}
         self.tokens = job.get("trained_tokens")
@@ -46,12 +49,16 @@ class Progress:
 
     def read_metrics(self, path: Path) -> None:
         try:
-            size = path.stat().st_size
+            f = open(path, "rb")
         except OSError:
             return
-        if size < self.offset:  # trimmed by a resume: read again, skipping recorded steps
-            self.offset = 0
-        with open(path, "rb") as f:
+        with f:
+            # Trimmed by a resume: another file, read from its start, skipping recorded steps. The
+            # size alone cannot tell: the re-run's rows may already reach past our old position,
+            # which then falls inside a line (and that step's row would be lost).
+            stat = os.fstat(f.fileno())
+            if (stat.st_dev, stat.st_ino) != self.file or stat.st_size < self.offset:
+                self.offset, self.file = 0, (stat.st_dev, stat.st_ino)
             f.seek(self.offset)
             chunk = f.read()
         cut = chunk.rfind(b"\n") + 1  # whole lines only: the trainer may be writing the next

@@ -48,7 +48,6 @@ def start_workers(root: Path, n: int = 1, on_success: Any = None) -> dict[str, A
         "root": Path(root),
         "owner": f"{os.getpid()}:{uuid.uuid4().hex[:8]}",
         "stop": threading.Event(),
-        "procs": {},  # job id -> Popen, for stop_workers
         "on_success": on_success,
         "threads": [],
     }
@@ -60,11 +59,12 @@ def start_workers(root: Path, n: int = 1, on_success: Any = None) -> dict[str, A
 
 
 def stop_workers(workers: dict[str, Any], timeout_s: float = 20.0) -> None:
-    """Stop every running job cleanly (SIGTERM: a checkpoint), wait for them; they stay queued."""
+    """Stop every running job cleanly (SIGTERM: a checkpoint), wait for them; they stay queued.
+
+    Each job's watcher wakes on the event and sends the one SIGTERM: a second signal would tell
+    the trainer to abort without its checkpoint.
+    """
     workers["stop"].set()
-    for proc in list(workers["procs"].values()):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
     for thread in workers["threads"]:
         thread.join(timeout=timeout_s)
 
@@ -135,14 +135,10 @@ def run_job(workers: dict[str, Any], job: dict[str, Any]) -> None:
         proc = subprocess.Popen(
             argv, cwd=job["cwd"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-    workers["procs"][job["id"]] = proc
     store.update_job(root, job["id"], pid=proc.pid)
     if not resume:
         store.add_event(root, job["id"], "Fine-tuning job started")
-    try:
-        outcome = watch(workers, job, proc)
-    finally:
-        workers["procs"].pop(job["id"], None)
+    outcome = watch(workers, job, proc)
     conclude(workers, job, proc.returncode, outcome)
 
 
