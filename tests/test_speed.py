@@ -114,6 +114,24 @@ def test_fused_head_cross_entropy_matches_cross_entropy_float64():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def one_step_args(output_dir, **kw) -> TrainingArguments:
+    """TrainingArguments of one optimizer step in a fixed order, unclipped, saving nothing."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=1,
+        learning_rate=1e-3,
+        max_grad_norm=0.0,
+        train_sampling_strategy="sequential",
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        logging_steps=1,
+        **kw,
+    )
+
+
 class GradsAtStep(TrainerCallback):
     """The gradients the optimizer is about to apply (after accumulation, before the step)."""
 
@@ -132,21 +150,8 @@ def test_grad_accum_through_trainer_matches_plain_trainer(tiny_tokenizer, tmp_pa
     result = {}
     for name in ("plain", "fast"):
         model = tiny_lora(len(tiny_tokenizer))
-        args = TrainingArguments(
-            output_dir=str(tmp_path / name),
-            per_device_train_batch_size=2,
-            gradient_accumulation_steps=4,  # micro-batches with different label counts
-            max_steps=1,
-            learning_rate=1e-3,
-            max_grad_norm=0.0,
-            train_sampling_strategy="sequential",
-            report_to="none",
-            use_cpu=True,
-            save_strategy="no",
-            remove_unused_columns=False,
-            disable_tqdm=True,
-            logging_steps=1,
-        )
+        # micro-batches with different label counts
+        args = one_step_args(tmp_path / name, per_device_train_batch_size=2, gradient_accumulation_steps=4)
         spy = GradsAtStep()
         kind = SmoLoRATrainer if name == "fast" else Trainer
         extra = {"batching": "padded"} if name == "fast" else {}

@@ -37,6 +37,7 @@ def bench_config(
     threads: int | None,
     lowmem: bool = False,
     fuse: str | None = None,
+    sets: list[str] | None = None,
 ):
     from smolora.config import load_config
 
@@ -62,7 +63,7 @@ def bench_config(
         overrides.append("model.gradient_checkpointing=true")
     if fuse:  # auto|true|false: `smolora bench --fusion` runs the other one beside the default
         overrides.append(f"train.fuse_projections={fuse}")
-    return load_config(None, overrides)
+    return load_config(None, overrides + list(sets or []))  # --set: a variant to measure, last so it wins
 
 
 def train_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
             args.threads,
             args.lowmem,
             args.fuse,
+            args.set,
         )
         tokenizer = load_tokenizer(args.model)
         t0 = time.perf_counter()
@@ -105,6 +107,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         "last_loss": clock.losses[-1] if clock.losses else None,
         "threads": torch.get_num_threads(),
         "fuse_projections": cfg.train.fuse_projections,
+        "sets": args.set,
         "steps": args.steps,
         "warmup": args.warmup,
         "rows": rows,
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--lowmem", action="store_true")
     p.add_argument("--fuse", choices=["auto", "true", "false"])
+    p.add_argument("--set", action="append", default=[], help="a config override, e.g. train.micro_batch=2")
     p.add_argument("--convert", action="store_true")
     p.add_argument("--home")
     p.add_argument("--prompts", type=int, default=8)

@@ -321,6 +321,7 @@ def train(
             best=best,
             objective=cfg.train,
             rewards=rewards,
+            micro_batch=cfg.train.micro_batch,
         )
         # a few held-out answers every N steps, into generations.jsonl
         samples = [SampleGenerations(cfg, run_dir, tokenizer)] if cfg.eval.generate_every else []

@@ -12,6 +12,7 @@ Run as:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -48,6 +49,7 @@ class SmoLoRATrainer(Trainer):
         best: Any = None,
         objective: TrainSection | None = None,
         rewards: list | None = None,
+        micro_batch: int | None = None,
         **kw: Any,
     ):
         self.batching = batching  # read by _get_train_sampler, which super().__init__ may call
@@ -63,6 +65,7 @@ class SmoLoRATrainer(Trainer):
         # sft, or the preference / reward objective (train/preference.py, train/grpo.py) and its settings
         self.objective = objective if objective is not None and objective.objective != "sft" else None
         self.rewards = rewards or []
+        self.micro_batch = micro_batch if self.objective is None else None  # rows per forward (sft)
         self.logged: dict[str, dict[str, list[float]]] = {
             "train": {},
             "eval": {},
@@ -142,8 +145,37 @@ class SmoLoRATrainer(Trainer):
         return output
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        rows = inputs["input_ids"].shape[0]
+        if not self.micro_batch or self.micro_batch >= rows or num_items_in_batch is None:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        else:
+            loss = self.micro_steps(model, inputs, num_items_in_batch)
         check_loss(loss, self.state.global_step + 1, self.run_dir, self.lr)  # NaN/inf: stop, say where
+        return loss
+
+    def micro_steps(self, model, inputs, num_items_in_batch):
+        """Forward and backward `micro_batch` rows at a time: only their activations are alive at
+        once, and as each part's loss is divided by the label count of the whole batch, the
+        gradients add up to the whole batch's (up to float rounding; dropout masks differ)."""
+        rows = inputs["input_ids"].shape[0]
+        starts = range(0, rows, self.micro_batch)
+        loss = None
+        for i, start in enumerate(starts):
+            part = {
+                k: v[start : start + self.micro_batch] if torch.is_tensor(v) else v for k, v in inputs.items()
+            }
+            mask = part.get("attention_mask")
+            if mask is not None and "position_ids" not in part:
+                # bucketed rows are padded on the right to the longest of the batch: cut to this part's
+                width = int(mask.sum(1).max())
+                part = {
+                    k: v[:, :width] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in part.items()
+                }
+            # all but the last part: no gradient all-reduce between processes yet
+            sync = i == len(starts) - 1
+            with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
+                step = super().training_step(model, part, num_items_in_batch)
+            loss = step if loss is None else loss + step
         return loss
 
     def _get_output_dir(self, trial=None) -> str:
