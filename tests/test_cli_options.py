@@ -281,7 +281,8 @@ def test_bench_options_reach_the_workers(tiny_model_dir, qa_file, tmp_path, benc
         + ["--extras", "--json", str(records), "--docs", str(docs)]
     )
     train = [c for c in bench_workers if "train" in c]
-    assert len(train) == 2 and "--lowmem" in train[1]  # --lowmem: a second, checkpointed run
+    # --lowmem: the two memory modes, each its own run
+    assert len(train) == 3 and [c[c.index("--lowmem") + 1] for c in train[1:]] == ["micro", "checkpoint"]
     for cmd in train:
         assert cmd[cmd.index("--model") + 1] == str(tiny_model_dir) and cmd[cmd.index("--data") + 1] == str(
             qa_file
@@ -300,6 +301,7 @@ def test_bench_options_reach_the_workers(tiny_model_dir, qa_file, tmp_path, benc
     assert [r["name"] for r in json.loads(records.read_text())] == [
         "smolora",
         "smolora-lowmem",
+        "smolora-ckpt",
         "naive",
         "grouped",
     ]

@@ -135,7 +135,7 @@ def test_plan_and_config_of_the_memory_settings():
     for bad, says in [
         (["train.micro_batch=0"], "micro_batch"),
         (["train.saved_activations=fp8"], "saved_activations"),
-        (["train.micro_batch=2", "train.objective=dpo"], "lower train.batch_size"),
+        (["train.micro_batch=2", "train.objective=dpo"], "not dpo: lower batch_size"),
         (["train.saved_activations=bf16", "model.gradient_checkpointing=true"], "keep one"),
     ]:
         with pytest.raises(ConfigError, match=says):

@@ -346,6 +346,18 @@ def test_bench_report_targets_records_and_docs(tmp_path):
     assert rows["real tok/s vs best of grouped/trl/trl-pack"][3].startswith("MISSED (missed by 17%")
     assert rows["share of fp32 matmul peak"][2] == "0.75"
     assert rows["batched vs one-at-a-time generation"][3].startswith("MISSED")
+    assert not any(name.startswith("peak RSS, micro") for name in rows)  # no memory-mode rows ran
+    report["runs"] += [
+        {"name": "smolora-lowmem", "real_tokens_per_s": 200.0, "peak_rss_mib": 2900},
+        {"name": "smolora-ckpt", "real_tokens_per_s": 60.0, "peak_rss_mib": 2200},
+    ]
+    both = targets(report)
+    names = [r[0] for r in both]
+    at = names.index("peak RSS, micro-batches + bf16 activations")
+    assert both[at][3] == "met" and both[at + 1][2] == "1.67x" and both[at + 1][3] == "met"  # 200 / 120
+    at = names.index("peak RSS, checkpointing")
+    assert both[at][3] == "met" and both[at + 1][3].startswith("MISSED")  # 60 / 120 = 0.5x
+    report["runs"] = report["runs"][:-2]
     recs = records(report)
     assert recs[0] == {
         "name": "smolora",

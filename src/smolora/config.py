@@ -182,15 +182,10 @@ class TrainSection(ObjectiveFields, Section):
     )
     loss_chunk: int = Field(1024, ge=16, description="Label positions per lm-head chunk (memory).")
     micro_batch: int | None = Field(
-        None,
-        ge=1,
-        description="Rows per forward/backward pass inside each batch (memory: the activations of only this "
-        "many rows are alive at once; the gradient is the whole batch's). Default: the whole batch.",
+        None, ge=1, description="Rows per forward/backward pass (memory); the gradient is the whole batch's."
     )
     saved_activations: Literal["float32", "bf16"] = Field(
-        "float32",
-        description="bf16: what the decoder layers save for backward is stored in bfloat16 (half the "
-        "activation memory; the matmuls and weights stay float32). Not with model.gradient_checkpointing.",
+        "float32", description="bf16: what the layers save for backward is kept in bf16 (half the memory)."
     )
     threads: int | None = Field(None, ge=1, description="CPU threads (default: physical cores).")
     compile: bool = Field(
@@ -298,16 +293,11 @@ class RunConfig(Section):
         if self.train.objective != "sft" and (self.data.streaming or self.data.task != "sft"):
             what = "data.streaming" if self.data.streaming else f"data.task={self.data.task}"
             raise ValueError(f"train.objective={self.train.objective} works on data read whole: unset {what}")
-        if self.train.micro_batch is not None and self.train.objective != "sft":
-            raise ValueError(
-                f"train.micro_batch splits sft batches only (train.objective={self.train.objective}): unset it "
-                "and lower train.batch_size (raise train.grad_accum to keep the effective batch)"
-            )
-        if self.train.saved_activations == "bf16" and self.model.gradient_checkpointing:
-            raise ValueError(
-                "train.saved_activations=bf16 and model.gradient_checkpointing both cut activation memory, "
-                "and do not combine: keep one"
-            )
+        t = self.train
+        if t.micro_batch is not None and t.objective != "sft":
+            raise ValueError(f"train.micro_batch splits sft batches, not {t.objective}: lower batch_size")
+        if t.saved_activations == "bf16" and self.model.gradient_checkpointing:
+            raise ValueError("train.saved_activations=bf16 or model.gradient_checkpointing: keep one")
         return self
 
     @property

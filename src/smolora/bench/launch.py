@@ -88,11 +88,12 @@ def run_smolora(
     warmup: int,
     threads: int | None = None,
     profile: bool = False,
-    lowmem: bool = False,
+    lowmem: str | None = None,
     fuse: bool | None = None,
 ) -> dict[str, Any]:
-    """SmoLoRA's default fast path, or (lowmem) with gradient checkpointing for memory, or (fuse)
-    with train.fuse_projections set (model/fused.py), named smolora-fused / smolora-unfused."""
+    """SmoLoRA's default fast path; or a memory mode (bench/run.py's LOWMEM): `micro` (one row per
+    forward/backward pass, named smolora-lowmem) or `checkpoint` (gradient checkpointing,
+    smolora-ckpt); or (fuse) with train.fuse_projections set, named smolora-fused / smolora-unfused."""
     cmd = worker_command(["train", "--model", str(model_dir), "--data", str(data)])
     cmd += ["--steps", str(steps), "--warmup", str(warmup)]
     if threads:
@@ -100,10 +101,10 @@ def run_smolora(
     if profile:
         cmd += ["--profile"]
     if lowmem:
-        cmd += ["--lowmem"]
+        cmd += ["--lowmem", lowmem]
     if fuse is not None:
         cmd += ["--fuse", "true" if fuse else "false"]
-    name = "smolora-lowmem" if lowmem else "smolora"
+    name = {"micro": "smolora-lowmem", "checkpoint": "smolora-ckpt"}.get(lowmem or "", "smolora")
     if fuse is not None:
         name += "-fused" if fuse else "-unfused"
     return {"name": name, **run_json_process(cmd, "SMOLORA_RESULT ")}

@@ -25,6 +25,12 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+# The two ways to the memory target: one row per forward/backward pass (the same gradient, at
+# the default's speed: docs/benchmarks.md), and gradient checkpointing (recomputing every layer).
+LOWMEM = {
+    "micro": ["train.micro_batch=1"],
+    "checkpoint": ["model.gradient_checkpointing=true"],
+}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -35,7 +41,7 @@ def bench_config(
     steps: int,
     warmup: int,
     threads: int | None,
-    lowmem: bool = False,
+    lowmem: str | None = None,
     fuse: str | None = None,
     sets: list[str] | None = None,
 ):
@@ -59,8 +65,7 @@ def bench_config(
     ]
     if threads:
         overrides.append(f"train.threads={threads}")
-    if lowmem:
-        overrides.append("model.gradient_checkpointing=true")
+    overrides += LOWMEM.get(lowmem or "", [])
     if fuse:  # auto|true|false: `smolora bench --fusion` runs the other one beside the default
         overrides.append(f"train.fuse_projections={fuse}")
     return load_config(None, overrides + list(sets or []))  # --set: a variant to measure, last so it wins
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int)
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--lowmem", action="store_true")
+    p.add_argument("--lowmem", choices=sorted(LOWMEM))
     p.add_argument("--fuse", choices=["auto", "true", "false"])
     p.add_argument("--set", action="append", default=[], help="a config override, e.g. train.micro_batch=2")
     p.add_argument("--convert", action="store_true")

@@ -1,9 +1,10 @@
 """`smolora bench` from start to end: the machine, every training run, load and generation, in one report.
 
 One process per measurement, one after another (bench/launch.py): SmoLoRA's fast path, then
-(fusion) with train.fuse_projections the other way, (lowmem) with gradient checkpointing, then
-each peer when benchmarks/run_peers.py is in this checkout; then the fp32 matmul ceiling's
-share, model load time, preprocessing and generation.
+(fusion) with train.fuse_projections the other way, (lowmem) in both memory modes (one row
+per forward/backward pass; gradient checkpointing), then each peer when benchmarks/run_peers.py
+is in this checkout; then the fp32 matmul ceiling's share, model load time, preprocessing and
+generation.
 
 Run as:
     report = run_suite("smollm2-135m", Path("bench.jsonl"), steps=10, warmup=2)
@@ -73,9 +74,13 @@ def run_suite(
         runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, fuse=other))
         show_progress(runs[-1])
     if lowmem:
-        console.print(f"smolora-lowmem (gradient checkpointing): {warmup} + {steps} steps ...")
-        runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, lowmem=True))
-        show_progress(runs[-1])
+        for mode, what in (
+            ("micro", "micro-batches of 1 row"),
+            ("checkpoint", "checkpointing"),
+        ):
+            console.print(f"smolora, memory mode {mode} ({what}): {warmup} + {steps} steps ...")
+            runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, lowmem=mode))
+            show_progress(runs[-1])
     for mode in modes:  # the CLI gives modes only with the module that runs them
         console.print(f"peer {mode}: {warmup} + {steps} steps ...")
         runs.append(peers.run_peer(mode, model_dir, data, steps, warmup, peers_dir, threads))

@@ -53,7 +53,11 @@ def bench(
         bool, typer.Option("--serve", help="Also run benchmarks/serve_load.py, when present.")
     ] = False,
     lowmem: Annotated[
-        bool, typer.Option(help="Also run SmoLoRA with gradient checkpointing (the memory target).")
+        bool,
+        typer.Option(
+            help="Also run SmoLoRA in both memory modes (the memory target): one row per "
+            "forward/backward pass (train.micro_batch=1), and gradient checkpointing."
+        ),
     ] = True,
     extras: Annotated[bool, typer.Option(help="Load, preprocessing and generation measurements.")] = True,
     fusion: Annotated[bool, typer.Option("--fusion", help="Also SmoLoRA with fusion the other way.")] = False,

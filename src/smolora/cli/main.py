@@ -83,8 +83,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except MemoryError:
         err.print(
-            "[bold red]error:[/] out of memory; lower train.batch_size (raise train.grad_accum to keep the "
-            "effective batch), lower data.max_length, or set model.gradient_checkpointing=true"
+            "[bold red]error:[/] out of memory; set train.micro_batch=1 (the same gradient, a fifth of the "
+            "memory), lower data.max_length, or set model.gradient_checkpointing=true"
         )
         sys.exit(3)
     except KeyboardInterrupt:

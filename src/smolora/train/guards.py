@@ -94,8 +94,8 @@ def smaller_batch(cfg: RunConfig, step: int, e: BaseException) -> RunConfig:
     if t.batch_size <= 1:
         raise TrainingError(
             f"out of memory at step {step} with train.batch_size=1 ({type(e).__name__}): lower "
-            f"data.max_length (now {cfg.data.max_length}), or set model.gradient_checkpointing=true, "
-            "or use a smaller model"
+            f"data.max_length (now {cfg.data.max_length}), or set train.saved_activations=bf16 or "
+            "model.gradient_checkpointing=true, or use a smaller model"
         )
     train = t.model_copy(update={"batch_size": t.batch_size // 2, "grad_accum": t.grad_accum * 2})
     log.warning(
