@@ -145,8 +145,8 @@ class SmoLoRATrainer(Trainer):
         return output
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        rows = inputs["input_ids"].shape[0]
-        if not self.micro_batch or self.micro_batch >= rows or num_items_in_batch is None:
+        # preference/reward batches have no input_ids; micro_batch is None for them
+        if not self.micro_batch or self.micro_batch >= len(inputs["input_ids"]) or num_items_in_batch is None:
             loss = super().training_step(model, inputs, num_items_in_batch)
         else:
             loss = self.micro_steps(model, inputs, num_items_in_batch)
