@@ -353,7 +353,7 @@ def test_bench_report_targets_records_and_docs(tmp_path):
     ]
     both = targets(report)
     names = [r[0] for r in both]
-    at = names.index("peak RSS, micro-batches + bf16 activations")
+    at = names.index("peak RSS, micro-batches of 1 row")
     assert both[at][3] == "met" and both[at + 1][2] == "1.67x" and both[at + 1][3] == "met"  # 200 / 120
     at = names.index("peak RSS, checkpointing")
     assert both[at][3] == "met" and both[at + 1][3].startswith("MISSED")  # 60 / 120 = 0.5x

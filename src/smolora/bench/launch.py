@@ -27,6 +27,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[3]
 PEERS_SCRIPT = REPO / "benchmarks" / "run_peers.py"
 
+# `smolora bench`'s memory modes: the worker's --lowmem value -> (row name, what it does); the
+# config overrides of each are bench/run.py's LOWMEM, in the worker process.
+MEMORY_MODES = {
+    "micro": ("smolora-lowmem", "micro-batches of 1 row"),
+    "checkpoint": ("smolora-ckpt", "checkpointing"),
+}
+
 
 @functools.cache
 def load_peers() -> ModuleType | None:
@@ -104,7 +111,7 @@ def run_smolora(
         cmd += ["--lowmem", lowmem]
     if fuse is not None:
         cmd += ["--fuse", "true" if fuse else "false"]
-    name = {"micro": "smolora-lowmem", "checkpoint": "smolora-ckpt"}.get(lowmem or "", "smolora")
+    name = MEMORY_MODES[lowmem][0] if lowmem else "smolora"
     if fuse is not None:
         name += "-fused" if fuse else "-unfused"
     return {"name": name, **run_json_process(cmd, "SMOLORA_RESULT ")}

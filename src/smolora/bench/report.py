@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smolora.bench.launch import MEMORY_MODES
+
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -110,10 +112,7 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
     peak = report["matmul"]["peak_gflops"]
     add("share of fp32 matmul peak", 0.7, tps and tps * report["flops_per_token"] / 1e9 / peak, "")
     add("peak RSS, batch 8 x 512", 3072, ours and ours["peak_rss_mib"], " MiB", higher=False)
-    for name, what in (
-        ("smolora-lowmem", "micro-batches + bf16 activations"),
-        ("smolora-ckpt", "checkpointing"),
-    ):
+    for name, what in MEMORY_MODES.values():
         if name in runs:
             low = runs[name]
             add(f"peak RSS, {what}", 3072, low["peak_rss_mib"], " MiB", higher=False)

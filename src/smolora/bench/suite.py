@@ -74,10 +74,7 @@ def run_suite(
         runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, fuse=other))
         show_progress(runs[-1])
     if lowmem:
-        for mode, what in (
-            ("micro", "micro-batches of 1 row"),
-            ("checkpoint", "checkpointing"),
-        ):
+        for mode, (_, what) in launch.MEMORY_MODES.items():
             console.print(f"smolora, memory mode {mode} ({what}): {warmup} + {steps} steps ...")
             runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, lowmem=mode))
             show_progress(runs[-1])
