@@ -8,6 +8,7 @@ and runs the peers beside SmoLoRA with `--peers`. Without that directory it says
 Run as:
     python benchmarks/run_peers.py --modes naive,grouped --steps 2 --warmup 1
     python benchmarks/run_peers.py --model ~/.cache/smolora/models/smollm2-135m --json peers.json
+    python benchmarks/run_peers.py --modes grouped --bf16 --heldout heldout.jsonl --steps 2
 """
 
 from __future__ import annotations
@@ -42,15 +43,30 @@ def run_peer(
     warmup: int,
     peers_dir: Path,
     threads: int | None = None,
+    bf16: bool = False,
+    heldout: Path | None = None,
 ) -> dict[str, Any]:
-    """One peer in its own process: its PEER_RESULT, with the wall time and the load average around it."""
+    """One peer in its own process: its PEER_RESULT, with the wall time and the load average around it.
+
+    bf16: peers.py --bf16 (the Trainer's bf16 autocast), the row named MODE-bf16; heldout: run it
+    through peer_heldout.py, which adds the loss on those rows (the same as SmoLoRA's)."""
     with tempfile.TemporaryDirectory(prefix=f"peer-{mode}-") as out:
-        cmd = [sys.executable, str(peers_dir / "peers.py"), "--mode", mode, "--model", str(model_dir)]
+        cmd = [sys.executable, str(peers_dir / "peers.py")]
+        if heldout:
+            cmd[1:1] = [str(REPO / "benchmarks" / "peer_heldout.py"), "--heldout", str(heldout), "--peers"]
+            cmd.append("--")
+        cmd += ["--mode", mode, "--model", str(model_dir)]
         cmd += ["--data", str(data), "--steps", str(steps), "--warmup", str(warmup), "--out", out]
         if threads:
             cmd += ["--threads", str(threads)]
+        if bf16:
+            cmd.append("--bf16")
         result = launch.run_json_process(cmd, "PEER_RESULT ")
-    return {"name": mode, **result}
+    return {
+        "name": mode + ("-bf16" if bf16 else ""),
+        "precision": "bfloat16" if bf16 else "float32",
+        **result,
+    }
 
 
 def main() -> None:
@@ -63,6 +79,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--bf16", action="store_true", help="peers.py --bf16: the Trainer's bf16 autocast.")
+    parser.add_argument("--heldout", type=Path, default=None, help="Also score each peer on these rows.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
 
@@ -78,7 +96,17 @@ def main() -> None:
     data = args.data or peers_dir / "bench.jsonl"
     results = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        result = run_peer(mode, Path(args.model), data, args.steps, args.warmup, peers_dir, args.threads)
+        result = run_peer(
+            mode,
+            Path(args.model),
+            data,
+            args.steps,
+            args.warmup,
+            peers_dir,
+            args.threads,
+            args.bf16,
+            args.heldout,
+        )
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.json:

@@ -331,3 +331,22 @@ def smolora_main(*args, stderr_only: bool = False) -> tuple[int, str]:
         finally:
             sys.argv = argv
         return code, ("" if stderr_only else out.getvalue().decode()) + err.getvalue().decode()
+
+
+def fake_bench_workers(monkeypatch, tmp_path: Path, answer) -> list[list[str]]:
+    """`smolora bench` with its worker processes faked: each command is recorded and answered by
+    `answer(cmd)`; an empty peers.py stands for ../shared/bench; the matmul peak is fake_report()'s.
+    The commands list comes back (it fills as the bench runs)."""
+    from smolora.bench import launch, machine
+
+    commands: list[list[str]] = []
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    (peers / "peers.py").write_text("")
+    monkeypatch.setattr(
+        launch, "run_json_process", lambda cmd, marker, timeout=None: commands.append(cmd) or answer(cmd)
+    )
+    monkeypatch.setattr(launch.load_peers(), "shared_bench_dir", lambda: peers)  # benchmarks/run_peers.py
+    matmul = fake_report()["matmul"]
+    monkeypatch.setattr(machine, "matmul_peak", lambda model_dir, dtype="float32": matmul | {"dtype": dtype})
+    return commands

@@ -245,17 +245,13 @@ def test_layers_importance_max_length_and_batch_size(tiny_model_dir, qa_file, tm
 @pytest.fixture
 def bench_workers(monkeypatch, tmp_path):
     """Fake benchmark workers: the command of each, answered with numbers of the right shape."""
-    from helpers import fake_report
-    from smolora.bench import launch, machine
+    from helpers import fake_bench_workers, fake_report
+    from smolora.bench import launch
+    from smolora.model import precision
 
     report = fake_report()
-    commands: list[list[str]] = []
-    peers = tmp_path / "peers"
-    peers.mkdir()
-    (peers / "peers.py").write_text("")
 
-    def run_json_process(cmd, marker, timeout=None):
-        commands.append(cmd)
+    def answer(cmd):
         if "load" in cmd:
             return report["load"]
         if "generate" in cmd:
@@ -265,9 +261,9 @@ def bench_workers(monkeypatch, tmp_path):
             {"profile": [{"op": "aten::mm", "share": 0.5, "calls": 3}]} if "--profile" in cmd else {}
         )
 
-    monkeypatch.setattr(launch, "run_json_process", run_json_process)
-    monkeypatch.setattr(launch.load_peers(), "shared_bench_dir", lambda: peers)  # benchmarks/run_peers.py
-    monkeypatch.setattr(machine, "matmul_peak", lambda model_dir: report["matmul"])
+    commands = fake_bench_workers(monkeypatch, tmp_path, answer)
+    # float32 only, whatever this CPU has: tests/test_bench_precision.py runs both precisions
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
     monkeypatch.setattr(launch, "serve_bench", lambda model_dir: {"requests": 4, "errors": 0})
     monkeypatch.setattr(torch, "set_num_threads", lambda n: commands.append(["set_num_threads", str(n)]))
     return commands
@@ -283,8 +279,12 @@ def test_bench_options_reach_the_workers(tiny_model_dir, qa_file, tmp_path, benc
     train = [c for c in bench_workers if "train" in c]
     # --lowmem: the two memory modes, each its own run
     assert len(train) == 3 and [c[c.index("--lowmem") + 1] for c in train[1:]] == ["micro", "checkpoint"]
+    # every tool trains on the same rows: the data less its held-out quarter (40 rows: 10)
+    assert (
+        len({c[c.index("--data") + 1] for c in bench_workers if "--data" in c and "generate" not in c}) == 1
+    )
     for cmd in train:
-        assert cmd[cmd.index("--model") + 1] == str(tiny_model_dir) and cmd[cmd.index("--data") + 1] == str(
+        assert cmd[cmd.index("--model") + 1] == str(tiny_model_dir) and cmd[cmd.index("--data") + 1] != str(
             qa_file
         )
         assert cmd[cmd.index("--steps") + 1] == "3" and cmd[cmd.index("--warmup") + 1] == "1"

@@ -47,6 +47,7 @@ def overrides(model_dir: Path, data: Path, out: Path, batch: int, name: str) -> 
         "train.keep_checkpoints=5",
         "train.eval_every=null",  # one evaluation at the end: the checkpoints are the save_every ones
         "train.batching=padded",  # a seeded random order that both runs share (see above)
+        "model.dtype=float32",  # the same numbers on any CPU (auto is bf16 where it has it, and fuses)
         f"train.batch_size={batch}",
         f"output.dir={out}",
         f"output.name={name}",

@@ -1,8 +1,10 @@
 """Fused projections (model/fused.py) equal PEFT's own path, save PEFT's format, and fall back where
 they cannot be exact; train.fuse_projections and the precision line of the train log.
 
-Tolerance: float32, loss and every LoRA gradient within 1e-5 relative (the fused base matmul
-sums in another order than three separate ones; nothing else differs).
+Tolerance: float32, loss within 1e-5 relative, every LoRA gradient element within 1e-5 relative
+plus 1e-4 of that gradient's largest element (the fused base matmul sums in another order than
+three separate ones, nothing else differs: Gemma 3's q/k norms carry that to 2.7e-5 on a 2-core
+AMD EPYC's kernels).
 
 Run as:
     pytest -q tests/test_fused.py
@@ -21,6 +23,7 @@ from helpers import arch_config, fake_report, tiny_config, write_qa
 from smolora.config import load_config
 from smolora.errors import ConfigError
 from smolora.model import fused as fused_module
+from smolora.model import precision
 from smolora.model.fused import GROUP_ATTR, fuse_projections, unfuse_projections
 from smolora.model.loss import chunked_lm_loss
 from smolora.train import speed
@@ -77,7 +80,7 @@ def assert_same(plain, fused, seed: int = 3, groups: int | None = None):
     assert want_grads.keys() == got_grads.keys() and any("lora_A" in k for k in got_grads)
     for key, g in want_grads.items():
         scale = float(g.abs().max()) or 1.0
-        assert torch.allclose(got_grads[key], g, rtol=RTOL, atol=RTOL * scale), key
+        assert torch.allclose(got_grads[key], g, rtol=RTOL, atol=10 * RTOL * scale), key
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])  # qwen2: q/k/v biases; gemma3: q/k norms
@@ -171,7 +174,9 @@ def test_runtime_fallbacks_give_peft_results():
 def test_fuse_projections_option_and_plan(monkeypatch):
     cfg = load_config(None, [])
     assert cfg.train.fuse_projections == "auto"
-    # auto: nowhere yet (measured slower or unmeasured, docs/benchmarks.md), unless a device is listed
+    # auto in float32: nowhere yet (measured slower or unmeasured, docs/benchmarks.md), unless a device
+    # is listed; in bf16 on a CPU it fuses (tests/test_bf16.py)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
     assert pick_fusion(cfg, "cpu") is False and fast_path(cfg, "cpu")["fuse"] is False
     monkeypatch.setattr(speed, "FUSE_AUTO_DEVICES", ("cpu",))
     assert pick_fusion(cfg, "cpu") is True and pick_fusion(cfg, "cuda") is False
@@ -197,10 +202,11 @@ def test_apply_fast_path_fuses_when_planned():
 
 
 @pytest.mark.parametrize("fuse", ["true", "false"])
-def test_train_logs_precision_and_fusion_and_saves_peft(tiny_model_dir, tmp_path, fuse):
+def test_train_logs_precision_and_fusion_and_saves_peft(tiny_model_dir, tmp_path, fuse, monkeypatch):
     from smolora.model.load import precision_line
     from smolora.train.recipe import train
 
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})  # float32, whatever this CPU has
     qa = write_qa(tmp_path / "qa.jsonl")
     extra = ("train.max_steps=2", "train.save_every=1", f"train.fuse_projections={fuse}")  # checkpoints too
     cfg = tiny_config(tiny_model_dir, qa, tmp_path, *extra)
@@ -231,7 +237,8 @@ def test_bench_fusion_runs_the_other_setting_beside_the_default(
         return {"real_tokens_per_s": 100.0, "step_s": 1.0, "peak_rss_mib": 10, "last_loss": 1.0, "wall_s": 1}
 
     monkeypatch.setattr(launch, "run_json_process", run_json_process)
-    monkeypatch.setattr(machine, "matmul_peak", lambda model_dir: fake_report()["matmul"])
+    monkeypatch.setattr(machine, "matmul_peak", lambda model_dir, dtype="float32": fake_report()["matmul"])
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})  # float32: the default does not fuse
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(tiny_model_dir), "--data", str(qa_file), "--skip-peers", "--no-lowmem"]
     r = CliRunner().invoke(
@@ -240,6 +247,6 @@ def test_bench_fusion_runs_the_other_setting_beside_the_default(
     assert r.exit_code == 0, r.output
     # the default does not fuse (FUSE_AUTO_DEVICES is empty), so the other run fuses
     assert [rec["name"] for rec in json.loads(out.read_text())] == ["smolora", "smolora-fused"]
-    assert "--fuse" not in commands[0] and commands[1][-2:] == ["--fuse", "true"]
+    assert "--fuse" not in commands[0] and commands[1][commands[1].index("--fuse") + 1] == "true"
     cfg = bench_config(tiny_model_dir, qa_file, tmp_path, 1, 0, None, fuse="false")
     assert cfg.train.fuse_projections is False

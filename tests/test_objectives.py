@@ -124,8 +124,11 @@ def assert_same(model, ours, theirs):
     torch.testing.assert_close(a, b.to(a), rtol=RTOL, atol=ATOL)
     assert ga.keys() == gb.keys() and len(ga) > 0
     for name in ga:
+        # plus 1e-5 of the gradient's largest element: a 2-core AMD EPYC's kernels put a trainable
+        # head's gradients 1.9e-6 apart between the two summation orders
+        atol = max(ATOL, 1e-5 * float(gb[name].abs().max()))
         torch.testing.assert_close(
-            ga[name], gb[name], rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}"
+            ga[name], gb[name], rtol=RTOL, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
         )
     assert max(g.abs().max() for g in ga.values()) > 1e-4
     return a.item()

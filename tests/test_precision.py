@@ -6,9 +6,11 @@ from smolora.model.precision import choose_dtype, cpu_bf16, cpu_flags
 
 
 def test_choice_per_flag_set():
-    assert choose_dtype("auto", "cpu", flags={"avx2", "fma"})[0] == torch.float32
-    dtype, reason = choose_dtype("auto", "cpu", flags={"avx512f", "avx512_bf16", "amx_bf16"})
-    assert dtype == torch.float32 and "avx512_bf16, amx_bf16" in reason  # measured slower: says so
+    assert choose_dtype("auto", "cpu", flags={"avx2", "fma"}, training=True)[0] == torch.float32
+    dtype, reason = choose_dtype("auto", "cpu", flags={"avx512f", "avx512_bf16", "amx_bf16"}, training=True)
+    assert dtype == torch.bfloat16 and "avx512_bf16, amx_bf16" in reason  # LoRA training: bf16 base
+    dtype, reason = choose_dtype("auto", "cpu", flags={"avx512_bf16"})
+    assert dtype == torch.float32 and "inference" in reason  # decoding in bf16: not measured to pay
     assert choose_dtype("bfloat16", "cpu", flags=set())[0] == torch.bfloat16
     assert choose_dtype("auto", "cuda", cuda_bf16=True)[0] == torch.bfloat16
     assert choose_dtype("auto", "cuda", cuda_bf16=False)[0] == torch.float32
@@ -52,5 +54,8 @@ def test_doctor_shows_cpu_bf16_and_auto_choice():
 
     detail = doctor.check_device()["detail"]
     if not torch.cuda.is_available():
-        assert "model.dtype auto -> float32" in detail
+        train = "bfloat16" if cpu_bf16() else "float32"
+        assert (
+            f"model.dtype auto -> {train} for LoRA training" in detail and "float32 for inference" in detail
+        )
         assert (", ".join(cpu_bf16()) or "no native bf16") in detail

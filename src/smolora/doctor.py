@@ -131,9 +131,13 @@ def check_device() -> dict[str, Any]:
 
     capability = torch.backends.cpu.get_cpu_capability()
     bf16 = ", ".join(cpu_bf16()) or "no native bf16"
-    dtype, why = choose_dtype("auto", "cpu")
+    train, why = choose_dtype("auto", "cpu", training=True)
+    infer = choose_dtype("auto", "cpu")[0]
     return check(
-        "device", "ok", f"cpu ({capability}; {bf16}), {cores}; model.dtype auto -> {str(dtype)[6:]} ({why})"
+        "device",
+        "ok",
+        f"cpu ({capability}; {bf16}), {cores}; model.dtype auto -> {str(train)[6:]} for LoRA training "
+        f"({why}), {str(infer)[6:]} for inference",
     )
 
 

@@ -97,10 +97,14 @@ def run_smolora(
     profile: bool = False,
     lowmem: str | None = None,
     fuse: bool | None = None,
+    dtype: str | None = None,
+    heldout: Path | None = None,
 ) -> dict[str, Any]:
     """SmoLoRA's default fast path; or a memory mode (bench/run.py's LOWMEM): `micro` (one row per
     forward/backward pass, named smolora-lowmem) or `checkpoint` (gradient checkpointing,
-    smolora-ckpt); or (fuse) with train.fuse_projections set, named smolora-fused / smolora-unfused."""
+    smolora-ckpt); or (fuse) with train.fuse_projections set, named smolora-fused / smolora-unfused;
+    (dtype) with model.dtype set, e.g. smolora-float32 beside the default's bf16; (heldout) scored
+    on those rows afterwards."""
     cmd = worker_command(["train", "--model", str(model_dir), "--data", str(data)])
     cmd += ["--steps", str(steps), "--warmup", str(warmup)]
     if threads:
@@ -111,7 +115,13 @@ def run_smolora(
         cmd += ["--lowmem", lowmem]
     if fuse is not None:
         cmd += ["--fuse", "true" if fuse else "false"]
+    if dtype:
+        cmd += ["--set", f"model.dtype={dtype}"]
+    if heldout:
+        cmd += ["--heldout", str(heldout)]
     name = MEMORY_MODES[lowmem][0] if lowmem else "smolora"
     if fuse is not None:
         name += "-fused" if fuse else "-unfused"
+    if dtype:
+        name += f"-{dtype}"
     return {"name": name, **run_json_process(cmd, "SMOLORA_RESULT ")}

@@ -1,7 +1,8 @@
-"""What the machine is and what it can do: CPU, memory, versions, load, the fp32 matmul ceiling.
+"""What the machine is and what it can do: CPU, memory, versions, load, the matmul ceilings.
 
-The matmul peak is measured on the model's own linear shapes: the ceiling a training step can
-reach, against which `smolora bench` reports each tool's share.
+The matmul peak is measured on the model's own linear shapes, in float32 and (on a CPU with native
+bf16) in bfloat16: the ceiling a training step in that precision can reach, against which `smolora
+bench` reports each tool's share.
 
 Run as:
     print(machine()["cpu"], matmul_peak(Path("~/.cache/smolora/models/smollm2-135m").expanduser()))
@@ -24,6 +25,7 @@ def machine() -> dict[str, Any]:
     import transformers
 
     from smolora.model.load import physical_cores
+    from smolora.model.precision import cpu_bf16
 
     cpu = "unknown"
     try:
@@ -48,6 +50,7 @@ def machine() -> dict[str, Any]:
         "physical_cores": physical_cores(),
         "avx512": " avx512f " in flags,
         "amx": " amx_tile " in flags,
+        "bf16_flags": cpu_bf16(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "cuda": torch.cuda.is_available(),
         "versions": versions,
@@ -58,8 +61,10 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def matmul_peak(model_dir: Path, tokens: int = 1536, seconds: float = 0.5) -> dict[str, Any]:
-    """fp32 GFLOP/s of `x @ W^T` for every linear shape of the model, at `tokens` rows.
+def matmul_peak(
+    model_dir: Path, tokens: int = 1536, seconds: float = 0.5, dtype: str = "float32"
+) -> dict[str, Any]:
+    """GFLOP/s of `x @ W^T` in `dtype` for every linear shape of the model, at `tokens` rows.
 
     The peak is the best shape; the weighted mean weighs each shape by its FLOPs in one
     forward pass (what a training step actually runs).
@@ -80,7 +85,10 @@ def matmul_peak(model_dir: Path, tokens: int = 1536, seconds: float = 0.5) -> di
     layers = cfg["num_hidden_layers"]
     rates, weights = {}, {}
     for (k, m), per_layer in [*shapes.items(), ((d, v), 0)]:
-        x, w = torch.randn(tokens, k), torch.randn(m, k)
+        x, w = (
+            torch.randn(tokens, k, dtype=getattr(torch, dtype)),
+            torch.randn(m, k, dtype=getattr(torch, dtype)),
+        )
         x @ w.T
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -96,6 +104,7 @@ def matmul_peak(model_dir: Path, tokens: int = 1536, seconds: float = 0.5) -> di
         "per_shape": rates,
         "tokens": tokens,
         "threads": torch.get_num_threads(),
+        "dtype": dtype,
     }
 
 

@@ -21,38 +21,78 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def command_line(
-    steps: int, warmup: int, modes: list[str], skip: bool, json_out: Path | None, fusion: bool = False
+    steps: int,
+    warmup: int,
+    modes: list[str],
+    skip: bool,
+    json_out: Path | None,
+    fusion: bool = False,
+    precision: str = "auto",
 ) -> str:
     cmd = f"smolora bench --steps {steps} --warmup {warmup}" + (" --fusion" if fusion else "")
+    cmd += f" --precision {precision}" if precision != "auto" else ""
     cmd += " --skip-peers" if skip else f" --peers {','.join(modes)}"
     return cmd + (f" --json {json_out}" if json_out else "")
 
 
 def records(report: dict[str, Any]) -> list[dict[str, Any]]:
-    keys = ("name", "real_tokens_per_s", "step_s", "peak_rss_mib", "last_loss")
+    keys = ("name", "precision", "real_tokens_per_s", "step_s", "peak_rss_mib", "last_loss", "heldout_loss")
     return [{k: r.get(k) for k in (*keys, "error") if k in r} for r in report["runs"]]
 
 
+PEERS = ("grouped", "trl", "trl-pack")  # the best plain-HF setting and TRL's two
+
+
+def precision_of(run: dict[str, Any]) -> str:
+    return run.get("precision") or "float32"
+
+
+def peak_of(report: dict[str, Any], precision: str) -> float:
+    """The matmul peak of that precision (float32's when bf16 was not measured)."""
+    bf16 = report.get("matmul_bf16") if precision == "bfloat16" else None
+    return (bf16 or report["matmul"])["peak_gflops"]
+
+
+def smolora_row(runs: dict[str, dict[str, Any]], precision: str) -> dict[str, Any] | None:
+    """SmoLoRA's default-settings row in `precision`: "smolora" or "smolora-<precision>"."""
+    for name in ("smolora", f"smolora-{precision}"):
+        if name in runs and precision_of(runs[name]) == precision:
+            return runs[name]
+    return None
+
+
+def best_peer(runs: dict[str, dict[str, Any]], precision: str) -> float | None:
+    """The fastest of grouped/trl/trl-pack in `precision` (peers.py's float32, or its --bf16 rows)."""
+    suffix = "-bf16" if precision == "bfloat16" else ""
+    rates = [runs[m + suffix]["real_tokens_per_s"] for m in PEERS if m + suffix in runs]
+    return max(rates, default=None)
+
+
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    """tool, real tok/s, step s, peak RSS, last loss, SmoLoRA / tool, share of matmul peak, wall s."""
-    ours = next((r for r in report["runs"] if r["name"] == "smolora" and "error" not in r), None)
-    peak = report["matmul"]["peak_gflops"]
+    """tool, precision, real tok/s, step s, peak RSS, last loss, held-out loss, SmoLoRA / tool (same
+    precision), share of that precision's matmul peak, wall s, load."""
+    runs = {r["name"]: r for r in report["runs"] if "error" not in r}
     rows = []
     for r in report["runs"]:
         if "error" in r:
-            rows.append([r["name"], "failed", "", "", "", "", "", str(r.get("wall_s", "")), load_text(r)])
+            rows.append(
+                [r["name"], "", "failed", "", "", "", "", "", "", str(r.get("wall_s", "")), load_text(r)]
+            )
             continue
-        tps = r["real_tokens_per_s"]
+        tps, precision = r["real_tokens_per_s"], precision_of(r)
+        ours = smolora_row(runs, precision)
         ratio = f"{ours['real_tokens_per_s'] / tps:.2f}x" if ours and r is not ours else ""
-        share = tps * report["flops_per_token"] / 1e9 / peak
-        loss = r.get("last_loss")
+        share = tps * report["flops_per_token"] / 1e9 / peak_of(report, precision)
+        loss, held = r.get("last_loss"), r.get("heldout_loss")
         rows.append(
             [
                 r["name"],
+                precision.replace("bfloat16", "bf16").replace("float32", "fp32"),
                 f"{tps:.1f}",
                 f"{r['step_s']:.2f}",
                 f"{r['peak_rss_mib']:,}",
                 f"{loss:.4f}" if loss is not None else "-",
+                f"{held:.4f}" if held is not None else "-",
                 ratio,
                 f"{share:.0%}",
                 f"{r.get('wall_s', '')}",
@@ -64,12 +104,14 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
 
 HEADER = [
     "tool",
+    "precision",
     "real tok/s",
     "step s",
     "peak RSS MiB",
     "last loss",
-    "SmoLoRA ÷ tool",
-    "% matmul peak",
+    "held-out loss",
+    "SmoLoRA ÷ tool (same precision)",
+    "% matmul peak (same precision)",
     "wall s",
     "load 1m start→end",
 ]
@@ -96,32 +138,53 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
             [
                 name,
                 f"{'>=' if higher else '<='} {want:g}{unit}",
-                f"{got:.2f}{unit}",
+                f"{got:.2f}{unit}" if unit != "%" else f"{got:.2f}%",
                 ("met" if ok else "MISSED") + miss,
             ]
         )
 
     tps = ours["real_tokens_per_s"] if ours else None
-    if "naive" in runs:
-        add("real tok/s vs naive", 3.0, tps and tps / runs["naive"]["real_tokens_per_s"], "x")
-    best = max(
-        (runs[m]["real_tokens_per_s"] for m in ("grouped", "trl", "trl-pack") if m in runs), default=None
+    own = precision_of(ours) if ours else "float32"
+    if "naive" in runs and smolora_row(runs, "float32"):
+        add(
+            "real tok/s vs naive (fp32)",
+            3.0,
+            smolora_row(runs, "float32")["real_tokens_per_s"] / runs["naive"]["real_tokens_per_s"],
+            "x",
+        )
+    for precision in report.get("precisions") or ["float32"]:
+        mine, best = smolora_row(runs, precision), best_peer(runs, precision)
+        if best:
+            add(
+                f"{precision}: real tok/s vs best of {'/'.join(PEERS)}",
+                1.5,
+                mine and mine["real_tokens_per_s"] / best,
+                "x",
+            )
+    fp32, bf16 = smolora_row(runs, "float32"), smolora_row(runs, "bfloat16")
+    if fp32 and bf16:
+        add(
+            "bf16 real tok/s vs SmoLoRA float32",
+            2.0,
+            bf16["real_tokens_per_s"] / fp32["real_tokens_per_s"],
+            "x",
+        )
+        if fp32.get("heldout_loss") and bf16.get("heldout_loss"):
+            gap = abs(bf16["heldout_loss"] - fp32["heldout_loss"]) / fp32["heldout_loss"] * 100
+            add("held-out loss, bf16 vs float32 (difference)", 1.0, gap, "%", higher=False)
+    add(
+        f"share of {own} matmul peak",
+        0.7,
+        tps and tps * report["flops_per_token"] / 1e9 / peak_of(report, own),
+        "",
     )
-    if best:
-        add("real tok/s vs best of grouped/trl/trl-pack", 1.5, tps and tps / best, "x")
-    peak = report["matmul"]["peak_gflops"]
-    add("share of fp32 matmul peak", 0.7, tps and tps * report["flops_per_token"] / 1e9 / peak, "")
     add("peak RSS, batch 8 x 512", 3072, ours and ours["peak_rss_mib"], " MiB", higher=False)
+    best = best_peer(runs, own)
     for name, what in MEMORY_MODES.values():
         if name in runs:
             low = runs[name]
             add(f"peak RSS, {what}", 3072, low["peak_rss_mib"], " MiB", higher=False)
-            add(
-                "  its real tok/s vs best of grouped/trl/trl-pack",
-                1.5,
-                best and low["real_tokens_per_s"] / best,
-                "x",
-            )
+            add(f"  its real tok/s vs best {own} peer", 1.5, best and low["real_tokens_per_s"] / best, "x")
     add("model load from cache", 3.0, report.get("load", {}).get("cached_load_s"), " s", higher=False)
     add("preprocessing", 5000, ours and ours.get("preprocess_examples_per_s"), " ex/s")
     add("batched vs one-at-a-time generation", 3.0, report.get("generation", {}).get("speedup"), "x")
@@ -141,18 +204,26 @@ def markdown(report: dict[str, Any]) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}).",
         "",
         f"Machine: {m['cpu']}, {m['physical_cores']} physical cores / {m['logical_cpus']} logical CPUs, "
-        f"{m['memory_gib']} GiB, AVX-512 {'yes' if m['avx512'] else 'no'}, CUDA {'yes' if m['cuda'] else 'no'}. "
+        f"{m['memory_gib']} GiB, AVX-512 {'yes' if m['avx512'] else 'no'}, native bf16 "
+        f"{', '.join(m.get('bf16_flags') or []) or 'no'}, CUDA {'yes' if m['cuda'] else 'no'}. "
         f"Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         "",
         f"Load average (1, 5, 15 min) before: {report['load_before']}, after: {report['load_after']} "
         f"(above {m['logical_cpus']} means other work shared the CPUs during the run).",
         "",
-        f"fp32 matmul on the model's shapes ({mm['tokens']} rows, {mm['threads']} threads): peak "
-        f"{mm['peak_gflops']} GFLOP/s, FLOP-weighted mean {mm['weighted_gflops']} GFLOP/s "
-        f"({', '.join(f'{k}: {v}' for k, v in mm['per_shape'].items())}). One training token costs "
-        f"{report['flops_per_token'] / 1e9:.3f} GFLOP nominal (4 x parameters), so the peak allows "
-        f"{mm['peak_gflops'] / (report['flops_per_token'] / 1e9):.0f} tokens/s.",
+        matmul_text(report, "fp32", mm),
         "",
+    ]
+    if "matmul_bf16" in report:
+        parts += [matmul_text(report, "bf16", report["matmul_bf16"]), ""]
+    if "heldout_rows" in report:
+        parts += [
+            f"Held-out loss: every tool trains on the bench data less its last {report['heldout_rows']} rows "
+            "and is scored on those after its steps (mean answer-token cross-entropy, float32, "
+            "bench/heldout.py).",
+            "",
+        ]
+    parts += [
         md_table(HEADER, table_rows(report)),
         "",
         md_table(["target", "wanted", "measured", ""], targets(report)),
@@ -200,6 +271,16 @@ def markdown(report: dict[str, Any]) -> str:
     if "serve" in report:
         parts += [f"Serve load test: `{json.dumps(report['serve'])}`", ""]
     return "\n".join(parts)
+
+
+def matmul_text(report: dict[str, Any], name: str, mm: dict[str, Any]) -> str:
+    return (
+        f"{name} matmul on the model's shapes ({mm['tokens']} rows, {mm['threads']} threads): peak "
+        f"{mm['peak_gflops']} GFLOP/s, FLOP-weighted mean {mm['weighted_gflops']} GFLOP/s "
+        f"({', '.join(f'{k}: {v}' for k, v in mm['per_shape'].items())}). One training token costs "
+        f"{report['flops_per_token'] / 1e9:.3f} GFLOP nominal (4 x parameters), so the peak allows "
+        f"{mm['peak_gflops'] / (report['flops_per_token'] / 1e9):.0f} tokens/s."
+    )
 
 
 def write_docs(path: Path, generated: str) -> None:

@@ -2,9 +2,11 @@
 
 `smolora bench` starts it once per measurement (bench/launch.py), so each has its own peak RSS.
 The protocol is the peers' (`../shared/bench/peers.py`): batch 8, max length 512, answer-only
-loss, LoRA r=16 alpha=32 dropout=0.05 on all 7 projections, float32; the clock opens at the
-end of the last warm-up step and closes at the end of the last step; real tokens are the
-non-pad tokens of the micro-batches in between.
+loss, LoRA r=16 alpha=32 dropout=0.05 on all 7 projections, in SmoLoRA's own precision for the
+machine (`--set model.dtype=float32` for the float32 row); the clock opens at the end of the last
+warm-up step and closes at the end of the last step; real tokens are the non-pad tokens of the
+micro-batches in between. With --heldout the saved adapter is scored on those rows afterwards
+(bench/heldout.py), once the peak RSS is read.
 
 Run as:
     python -m smolora.bench.run train --model DIR --data bench.jsonl --steps 2 --warmup 1
@@ -74,8 +76,9 @@ def bench_config(
 def train_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Preprocess (fresh, then cached), then train warmup+steps steps with the peers' clock."""
     from smolora.data import prepare_data
-    from smolora.model.load import load_tokenizer
+    from smolora.model.load import load_tokenizer, pick_device
     from smolora.train.recipe import train
+    from smolora.train.speed import compute_dtype
 
     with tempfile.TemporaryDirectory(prefix="smolora-bench-") as tmp:
         os.environ["SMOLORA_HOME"] = tmp  # a fresh data cache: the first preparation is real work
@@ -100,16 +103,20 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         clock = Clock()
         # the last warm-up step: outside the clock
         profiler = Profiler(max(args.warmup, 1)) if args.profile else None
-        train(cfg, show_progress=False, callbacks=[clock] + ([profiler] if profiler else []))
+        run = train(cfg, show_progress=False, callbacks=[clock] + ([profiler] if profiler else []))
+        peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        heldout = score_adapter(args.model, run / "adapter", Path(args.heldout)) if args.heldout else None
     a, b = args.warmup, args.warmup + args.steps
     wall = clock.ends[b] - clock.ends[a]
     real = clock.tokens[b] - clock.tokens[a]
     return {
         "real_tokens_per_s": round(real / wall, 2),
         "step_s": round(wall / args.steps, 3),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mib": peak,
         "first_loss": clock.losses[0] if clock.losses else None,
         "last_loss": clock.losses[-1] if clock.losses else None,
+        "heldout_loss": heldout,
+        "precision": str(compute_dtype(cfg, pick_device(cfg.model.device))).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "fuse_projections": cfg.train.fuse_projections,
         "sets": args.set,
@@ -122,6 +129,18 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         "cached_hit": bool(cached.stats.get("cached")),
         "profile": profiler.table if profiler else None,
     }
+
+
+def score_adapter(model_dir: str, adapter: Path, heldout: Path) -> float:
+    """The held-out loss of the adapter just trained, on its float32 base (bench/heldout.py)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from smolora.bench.heldout import heldout_loss
+    from smolora.model.load import load_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return heldout_loss(PeftModel.from_pretrained(base, str(adapter)), load_tokenizer(model_dir), heldout)
 
 
 class Profiler(TrainerCallback):
@@ -242,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--lowmem", choices=sorted(LOWMEM))
     p.add_argument("--fuse", choices=["auto", "true", "false"])
+    p.add_argument("--heldout", help="score the adapter on these {instruction, output} rows afterwards")
     p.add_argument("--set", action="append", default=[], help="a config override, e.g. train.micro_batch=2")
     p.add_argument("--convert", action="store_true")
     p.add_argument("--home")

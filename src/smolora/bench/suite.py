@@ -13,6 +13,7 @@ Run as:
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from smolora.bench import launch, machine
+from smolora.bench.heldout import split_heldout
 from smolora.model.load import physical_cores
 from smolora.model.store import resolve_model
 
@@ -44,6 +46,7 @@ def run_suite(
     convert: bool = False,
     serve: bool = False,
     fusion: bool = False,
+    precisions: tuple[str, ...] | list[str] | None = None,
 ) -> dict[str, Any]:
     """Everything `smolora bench` measures, as one dict (the report); `peers` runs `modes` (run_peers.py)."""
     import torch
@@ -58,30 +61,31 @@ def run_suite(
     model_dir = resolve_model(model)  # converts the GGUF on a fresh clone (the first-time cost)
     report["model"], report["data"] = str(model_dir), str(data)
     console.print(f"matmul peak on {model_dir.name}'s shapes ...")
+    precisions = list(precisions or default_precisions())
+    report["precisions"] = precisions
     report["matmul"] = machine.matmul_peak(model_dir)
+    if "bfloat16" in precisions:
+        report["matmul_bf16"] = machine.matmul_peak(model_dir, dtype="bfloat16")
     report["flops_per_token"] = machine.model_flops_per_token(model_dir)
+    split = tempfile.TemporaryDirectory(prefix="smolora-bench-data-")
+    train_rows, heldout = split_heldout(data, Path(split.name))
+    report["heldout_rows"] = len(heldout.read_text().splitlines())
 
-    runs = []
-    console.print(f"smolora: {warmup} + {steps} steps ...")
-    runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, profile))
-    show_progress(runs[-1])
-    if fusion:  # the same run with the projections fused the other way from the default
-        from smolora.model.load import pick_device
-        from smolora.train.speed import FUSE_AUTO_DEVICES
-
-        other = pick_device() not in FUSE_AUTO_DEVICES
-        console.print(f"smolora, train.fuse_projections={str(other).lower()}: {warmup} + {steps} steps ...")
-        runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, fuse=other))
-        show_progress(runs[-1])
-    if lowmem:
-        for mode, (_, what) in launch.MEMORY_MODES.items():
-            console.print(f"smolora, memory mode {mode} ({what}): {warmup} + {steps} steps ...")
-            runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, lowmem=mode))
-            show_progress(runs[-1])
-    for mode in modes:  # the CLI gives modes only with the module that runs them
-        console.print(f"peer {mode}: {warmup} + {steps} steps ...")
-        runs.append(peers.run_peer(mode, model_dir, data, steps, warmup, peers_dir, threads))
-        show_progress(runs[-1])
+    try:
+        args = (model_dir, train_rows, steps, warmup, threads)
+        runs = smolora_runs(*args, heldout, precisions, profile=profile, fusion=fusion, lowmem=lowmem)
+        for mode in modes:  # the CLI gives modes only with the module that runs them
+            for precision in precisions:
+                bf16 = precision == "bfloat16"
+                console.print(f"peer {mode}{' --bf16' if bf16 else ''}: {warmup} + {steps} steps ...")
+                runs.append(
+                    peers.run_peer(
+                        mode, model_dir, train_rows, steps, warmup, peers_dir, threads, bf16, heldout
+                    )
+                )
+                show_progress(runs[-1])
+    finally:
+        split.cleanup()
     report["runs"] = runs
     if extras:
         report |= load_and_generation(model, model_dir, data, threads, convert)
@@ -90,6 +94,53 @@ def run_suite(
     report["load_after"] = machine.load_average()
     report["total_s"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def smolora_runs(
+    model_dir: Path,
+    data: Path,
+    steps: int,
+    warmup: int,
+    threads: int,
+    heldout: Path,
+    precisions: list[str],
+    *,
+    profile: bool,
+    fusion: bool,
+    lowmem: bool,
+) -> list[dict[str, Any]]:
+    """SmoLoRA's rows: the default ("smolora"), the other precisions, fusion the other way, memory modes."""
+    runs = []
+
+    def measure(label: str, **kw: Any) -> None:
+        console.print(f"smolora{label}: {warmup} + {steps} steps ...")
+        runs.append(launch.run_smolora(model_dir, data, steps, warmup, threads, heldout=heldout, **kw))
+        show_progress(runs[-1])
+
+    own = default_precisions()[-1]  # what SmoLoRA's default trains in here: its row is "smolora"
+    for precision in sorted(precisions, key=lambda p: p != own):
+        dtype = None if precision == own else precision
+        measure(f" ({precision})", profile=profile and not dtype, dtype=dtype)
+    if fusion:  # the same run with the projections fused the other way from the default
+        from smolora.config import load_config
+        from smolora.model.load import pick_device
+        from smolora.train.speed import pick_fusion
+
+        other = not pick_fusion(load_config(None, []), pick_device())
+        measure(f", train.fuse_projections={str(other).lower()}", fuse=other)
+    for mode, (_, what) in launch.MEMORY_MODES.items() if lowmem else ():
+        measure(f", memory mode {mode} ({what})", lowmem=mode)
+    return runs
+
+
+def default_precisions() -> list[str]:
+    """float32, and bfloat16 after it where SmoLoRA's default LoRA training computes in bf16."""
+    import torch
+
+    from smolora.model.load import pick_device, pick_dtype
+
+    bf16 = pick_dtype("auto", pick_device(), training=True) == torch.bfloat16
+    return ["float32", "bfloat16"] if bf16 else ["float32"]
 
 
 def load_and_generation(

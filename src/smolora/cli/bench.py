@@ -61,6 +61,13 @@ def bench(
     ] = True,
     extras: Annotated[bool, typer.Option(help="Load, preprocessing and generation measurements.")] = True,
     fusion: Annotated[bool, typer.Option("--fusion", help="Also SmoLoRA with fusion the other way.")] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto: float32, and bfloat16 too where SmoLoRA trains in it (a CPU with avx512_bf16/AMX); "
+            "or float32, bfloat16, both. Every training row (SmoLoRA's, each peer's) in each."
+        ),
+    ] = "auto",
     dpo: Annotated[bool, typer.Option("--dpo", help="Instead: our DPO vs TRL's DPOTrainer.")] = False,
     rounds: Annotated[int, typer.Option(min=1, help="--dpo: runs of each side, alternating.")] = 1,
 ) -> None:
@@ -70,10 +77,53 @@ def bench(
 
     Example: smolora bench --steps 2 --peers naive,grouped --no-lowmem
 
+    Example: smolora bench --steps 6 --peers grouped,trl --precision both
+
     Example: smolora bench --dpo --steps 20 --warmup 2 --docs docs/benchmarks.md
     """
     if dpo:
         return bench_dpo(model, steps, warmup, threads, rounds, json_out, docs)
+    precisions = choose_precisions(precision)
+    modes, runner, peers_dir, data = bench_inputs(peers, skip_peers, data)
+
+    from smolora.bench.suite import run_suite  # torch, transformers: once the options are checked
+
+    report = run_suite(
+        model,
+        data,
+        steps,
+        warmup,
+        threads,
+        command=command_line(steps, warmup, modes, skip_peers, json_out, fusion, precision),
+        modes=modes,
+        peers=runner,
+        peers_dir=peers_dir,
+        profile=profile,
+        lowmem=lowmem,
+        extras=extras,
+        convert=convert,
+        serve=serve,
+        fusion=fusion,
+        precisions=precisions,
+    )
+    print_report(report)
+    save_report(report, docs, json_out)
+
+
+# --precision: the precisions every training row runs in (None: float32, and bf16 where SmoLoRA trains in it)
+PRECISIONS = {"auto": None, "float32": ["float32"], "bfloat16": ["bfloat16"], "both": ["float32", "bfloat16"]}
+
+
+def choose_precisions(precision: str) -> list[str] | None:
+    if precision not in PRECISIONS:
+        raise SmoLoRAError(f"--precision {precision!r}: choose auto, float32, bfloat16 or both")
+    return PRECISIONS[precision]
+
+
+def bench_inputs(
+    peers: str, skip_peers: bool, data: Path | None
+) -> tuple[list[str], ModuleType | None, Path | None, Path]:
+    """(peer modes, their runner, the peers' directory, the bench data), checked before anything runs."""
     modes, runner = choose_peers(peers, skip_peers)
     peers_dir = runner.shared_bench_dir() if runner else None
     data = data or (peers_dir / "bench.jsonl" if peers_dir else None)
@@ -85,28 +135,7 @@ def bench(
     if modes and peers_dir is None:
         console.print("[yellow]peers skipped:[/] ../shared/bench/peers.py not found (set SMOLORA_BENCH_DIR)")
         modes = []
-
-    from smolora.bench.suite import run_suite  # torch, transformers: once the options are checked
-
-    report = run_suite(
-        model,
-        data,
-        steps,
-        warmup,
-        threads,
-        command=command_line(steps, warmup, modes, skip_peers, json_out, fusion),
-        modes=modes,
-        peers=runner,
-        peers_dir=peers_dir,
-        profile=profile,
-        lowmem=lowmem,
-        extras=extras,
-        convert=convert,
-        serve=serve,
-        fusion=fusion,
-    )
-    print_report(report)
-    save_report(report, docs, json_out)
+    return modes, runner, peers_dir, data
 
 
 def save_report(report: dict[str, Any], docs: Path | None, json_out: Path | None) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 MIN_ELEMENTS = 32 * 1024  # smaller tensors (norm statistics, masks) are not worth a cast
+PACKED = object()  # tags what pack() rounded, so unpack() widens only those
 
 
 class _Packer:
@@ -54,14 +55,14 @@ class _Packer:
         # and whose memory now holds another tensor of the same shape.
         if hit is not None and hit[0]() is not None:
             return hit[1]
-        packed = t.to(torch.bfloat16)
+        packed = (PACKED, t.to(torch.bfloat16))  # marked: a tensor that was bf16 already stays bf16
         self.packed += 1
         self.cache[key] = (weakref.ref(t), packed)
         return packed
 
     @staticmethod
-    def unpack(t: torch.Tensor) -> torch.Tensor:
-        return t.float() if t.dtype == torch.bfloat16 else t
+    def unpack(t: Any) -> torch.Tensor:
+        return t[1].float() if isinstance(t, tuple) and t[0] is PACKED else t
 
     def enter(self, module: nn.Module, args: Any) -> None:
         if not (torch.is_grad_enabled() and module.training):

@@ -1,7 +1,7 @@
 """Load a base model for training or a fine-tuned one for inference.
 
 Device: CUDA, then MPS, then CPU. Dtype: model/precision.py's choice for `model.dtype: auto`
-(bf16 on CUDA that supports it; float32 on CPUs, with or without native bf16, as measured).
+(bf16 on CUDA that supports it, and for training on CPUs with native bf16; else float32).
 Layer surgery is applied before any adapter.
 
 Weights load from safetensors only. A directory holding only pickle weights
@@ -139,18 +139,18 @@ def pick_device(pref: str = "auto") -> str:
     return "cpu"
 
 
-def pick_dtype(pref: str, device: str) -> torch.dtype:
+def pick_dtype(pref: str, device: str, training: bool = False) -> torch.dtype:
     """The dtype to load and compute in: `model.dtype` when set, else what the hardware makes pay.
 
     The one place this is asked (the fast path's bf16 autocast and the Unsloth loader too);
     model/precision.py decides, from the CPU's own flags or the GPU (its reason: precision_line).
     """
-    return choose_dtype(pref, device)[0]
+    return choose_dtype(pref, device, training=training)[0]
 
 
-def precision_line(pref: str, device: str) -> str:
+def precision_line(pref: str, device: str, training: bool = True) -> str:
     """'float32 (auto: CPU without native bf16 ...)': what the train log says once, at the start."""
-    dtype, why = choose_dtype(pref, device)
+    dtype, why = choose_dtype(pref, device, training=training)
     return f"{str(dtype).removeprefix('torch.')} ({why})"
 
 
@@ -209,8 +209,9 @@ def quantization_config(cfg: ModelSection, device: str) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_base(cfg: ModelSection, device: str | None = None):
-    """The base model (surgery applied) and its tokenizer, ready for an adapter."""
+def load_base(cfg: ModelSection, device: str | None = None, training: bool = False):
+    """The base model (surgery applied) and its tokenizer, ready for an adapter (`training`: in the
+    dtype `auto` means for training, model/precision.py)."""
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device(cfg.device)
@@ -218,7 +219,7 @@ def load_base(cfg: ModelSection, device: str | None = None):
     path = resolve_model(cfg.name, cfg.revision)
     fmt = weights_format(path, cfg.allow_pickle or pickle_allowed_by_env())
     kwargs: dict[str, Any] = {
-        "dtype": pick_dtype(cfg.dtype, device),
+        "dtype": pick_dtype(cfg.dtype, device, training),
         "trust_remote_code": cfg.trust_remote_code,
     }
     if cfg.attn_implementation:

@@ -91,9 +91,11 @@ def head_cross_entropy(
     chunk: int = 1024,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Summed cross-entropy of `head(hidden)` against `targets` (rows: positions), in chunks."""
-    total = _HeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap)
-    return total.to(hidden.dtype)
+    """Summed cross-entropy of `head(hidden)` against `targets` (rows: positions), in chunks.
+
+    Float32 (or wider) whatever the hidden dtype: a bf16 sum of a batch's token losses (~10^3)
+    keeps 8 bits, so the logged loss would move in steps of ~0.3%."""
+    return _HeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap)
 
 
 def chunked_lm_loss(
@@ -114,8 +116,9 @@ def chunked_lm_loss(
     if parts is None:  # unknown architecture: the plain path, same numbers, more memory
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         targets = labels[:, 1:]
+        # float32 logits: a bf16 sum of the token losses would move the loss in steps of ~0.3%
         loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="sum", ignore_index=-100
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum", ignore_index=-100
         )
         return loss, int((targets != -100).sum())
     decoder, head = parts

@@ -1,16 +1,17 @@
 """Which compute dtype `model.dtype: auto` means on this machine, and why, from what the hardware has.
 
 CPU bf16 support is read from the CPU's own flags (`avx512_bf16`, `amx_bf16` in /proc/cpuinfo),
-never guessed from the vendor. Having bf16 is not the same as bf16 paying: measured on a
-2-core Xeon with avx512_bf16 + amx_bf16 (torch 2.13, load ~2.5): a 1536x576 @ 576x1536 matmul
-runs 4.3x faster in bf16 (89 vs 21 GFLOP/s), but a whole LoRA training step of SmolLM2-135M
-(batch 8, PEFT LoRA r=16 on 7 projections) ran at 30 real tokens/s with the base stored in bf16
-(PEFT's explicit casts, LoRA + AdamW in float32) and 30 with torch.autocast(cpu, bf16),
-against 43 in float32: so `auto` stays float32 on a CPU until the step itself is faster, and
-says so. bf16 is one explicit setting away (`model.dtype: bfloat16`).
+never guessed from the vendor. For training, `auto` is bf16 on such a CPU: the frozen base is
+stored in bf16 and its matmuls run in bf16, LoRA weights and AdamW state stay float32, the LoRA
+matmuls run in bf16 on float32 masters (model/fused.py), attention upcasts q, k, v to float32
+(model/attention.py: torch's bf16 SDPA backward on a CPU ran 1.8x slower than float32), and the
+loss head upcasts each chunk (model/loss.py). Measured on a 2-core AMD EPYC with avx512_bf16
+(torch 2.13, the bench protocol: SmolLM2-135M, batch 8 x 512, r16 on all 7 projections), see
+docs/benchmarks.md. Elsewhere on a CPU, and for inference (decoding and eval, not measured to
+pay), `auto` is float32.
 
 Run as:
-    dtype, reason = choose_dtype("auto", "cpu")
+    dtype, reason = choose_dtype("auto", "cpu", training=True)
     print(cpu_bf16(), reason)
 """
 
@@ -42,9 +43,14 @@ def cpu_bf16(flags: set[str] | None = None) -> list[str]:
 
 
 def choose_dtype(
-    pref: str, device: str, flags: set[str] | None = None, cuda_bf16: bool | None = None
+    pref: str,
+    device: str,
+    flags: set[str] | None = None,
+    cuda_bf16: bool | None = None,
+    training: bool = False,
 ) -> tuple[torch.dtype, str]:
-    """(dtype, one-line reason) for `model.dtype` = `pref` on `device`; `flags`/`cuda_bf16` injectable."""
+    """(dtype, one-line reason) for `model.dtype` = `pref` on `device`, for training or inference;
+    `flags`/`cuda_bf16` injectable."""
     if pref != "auto":
         return getattr(torch, pref), f"model.dtype={pref}"
     if device == "cuda":
@@ -55,9 +61,14 @@ def choose_dtype(
     if device == "mps":
         return torch.float32, "auto: MPS (bf16 not measured to pay there)"
     have = cpu_bf16(flags)
+    if have and training:
+        return (
+            torch.bfloat16,
+            f"auto: CPU has {', '.join(have)} (bf16 base and matmuls, LoRA + AdamW float32)",
+        )
     if have:
-        return torch.float32, (
-            f"auto: CPU has {', '.join(have)}, but a bf16 LoRA step measured slower than float32 "
-            "(0.7x); set model.dtype=bfloat16 to use it"
+        return (
+            torch.float32,
+            f"auto: CPU has {', '.join(have)}, float32 for inference (bf16 decoding not measured)",
         )
     return torch.float32, "auto: CPU without native bf16 (no avx512_bf16/amx_bf16)"

@@ -33,7 +33,7 @@ def load_unsloth(cfg: RunConfig, device: str):
         model_name=str(path),
         max_seq_length=cfg.data.max_length,
         # auto: Unsloth's own choice (bf16 where supported, else float16), not pick_dtype's float32
-        dtype=None if cfg.model.dtype == "auto" else pick_dtype(cfg.model.dtype, device),
+        dtype=None if cfg.model.dtype == "auto" else pick_dtype(cfg.model.dtype, device, training=True),
         load_in_4bit=cfg.model.load_in_4bit,
     )
     targets = cfg.lora.targets

@@ -60,7 +60,7 @@ from smolora.train.preference import REFERENCE, collator, reference_logps
 from smolora.train.progress import RunLogger, tracking_env
 from smolora.train.result import save_adapter
 from smolora.train.schedule import StepClock, resolve_schedule
-from smolora.train.speed import apply_fast_path, fast_path
+from smolora.train.speed import apply_fast_path, fast_path, trains_adapter
 from smolora.train.stopping import StopOnSignal
 from smolora.train.trainer import SmoLoRATrainer, checkpoint_after_oom, loraplus_optimizer
 
@@ -259,9 +259,13 @@ def train(
     own = unsloth and cfg.model.dtype == "auto"  # Unsloth picks for auto itself (model/unsloth.py)
     log.info(
         "precision: %s",
-        "Unsloth's own (model.dtype=auto)" if own else precision_line(cfg.model.dtype, device),
+        "Unsloth's own (model.dtype=auto)"
+        if own
+        else precision_line(cfg.model.dtype, device, trains_adapter(cfg)),
     )
-    model, tokenizer = load_unsloth(cfg, device) if unsloth else load_base(cfg.model, device)
+    model, tokenizer = (
+        load_unsloth(cfg, device) if unsloth else load_base(cfg.model, device, trains_adapter(cfg))
+    )
     log.info(
         "model %s: %d layers on %s (%s)", cfg.model.name, model.config.num_hidden_layers, device, model.dtype
     )

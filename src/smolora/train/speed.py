@@ -30,12 +30,13 @@ from torch import nn
 
 from smolora.config import RunConfig
 from smolora.model.activations import pack_saved_activations
+from smolora.model.attention import use_float32_attention
 from smolora.model.fused import fuse_projections
 from smolora.model.load import pick_dtype
 
 log = logging.getLogger("smolora")
-# Where `train.fuse_projections: auto` fuses: only where measured not slower (docs/benchmarks.md).
-# Nowhere yet: on a 2-core AVX-512 Xeon (no bf16) the whole bench step ran 0.84-1.0x unfused
+# Where `train.fuse_projections: auto` fuses in float32: only where measured not slower
+# (docs/benchmarks.md); in bf16 on a CPU it does (pick_fusion). Float32 nowhere yet: on a 2-core AVX-512 Xeon (no bf16) the whole bench step ran 0.84-1.0x unfused
 # (three idle pairs: 176.6 vs 177.0, 161.9 vs 188.4, 175.5 vs 208.5 real tokens/s), CUDA unmeasured.
 FUSE_AUTO_DEVICES: tuple[str, ...] = ()
 
@@ -140,9 +141,19 @@ def pick_batching(cfg: RunConfig, device: str) -> str:
     return "packed" if flash_attention_ready(cfg, device) else "bucketed"
 
 
+def trains_adapter(cfg: RunConfig) -> bool:
+    """An adapter on a frozen base: `model.dtype: auto` may then store the base in bf16 (full and
+    freeze train the base's own weights, which stay float32 unless model.dtype says otherwise)."""
+    return cfg.lora.method not in ("full", "freeze")
+
+
+def compute_dtype(cfg: RunConfig, device: str) -> torch.dtype:
+    return pick_dtype(cfg.model.dtype, device, training=trains_adapter(cfg))
+
+
 def pick_fusion(cfg: RunConfig, device: str) -> bool:
     """train.fuse_projections: true fuses wherever it can be exact (model/fused.py falls back per
-    module); auto only on FUSE_AUTO_DEVICES (measured not slower there). Never for methods that
+    module); auto on FUSE_AUTO_DEVICES and on a CPU computing in bf16 (measured faster there). Never for methods that
     are not vanilla LoRA, quantized or Unsloth models, compiled layers, or several processes."""
     setting = cfg.train.fuse_projections
     plain = cfg.lora.method in ("lora", "rslora") and cfg.model.backend == "hf"
@@ -150,12 +161,14 @@ def pick_fusion(cfg: RunConfig, device: str) -> bool:
     alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1  # FSDP/ZeRO reshape the weights: not measured
     if setting is False or not (plain and alone):
         return False
-    return setting is True or device in FUSE_AUTO_DEVICES
+    bf16_cpu = device == "cpu" and compute_dtype(cfg, device) == torch.bfloat16
+    return setting is True or device in FUSE_AUTO_DEVICES or bf16_cpu
 
 
 def fast_path(cfg: RunConfig, device: str) -> dict[str, Any]:
     """What this run uses to go fast on `device`, as a plain dict (the recipe logs it)."""
     cuda = device == "cuda"
+    dtype = compute_dtype(cfg, device)
     if cfg.lora.dropout == 0 or cfg.lora.method in ("full", "freeze"):
         dropout = "none"  # PEFT puts nn.Identity there when lora.dropout is 0
     elif cuda or cfg.train.compile:
@@ -173,9 +186,10 @@ def fast_path(cfg: RunConfig, device: str) -> dict[str, Any]:
         "backend": cfg.model.backend,
         "fuse": pick_fusion(cfg, device),
         # Trainer's bf16 autocast: on a GPU with bf16 kernels, when the weights load in bf16.
-        "bf16": cuda
-        and torch.cuda.is_bf16_supported()
-        and pick_dtype(cfg.model.dtype, device) == torch.bfloat16,
+        "bf16": cuda and torch.cuda.is_bf16_supported() and dtype == torch.bfloat16,
+        "compute": str(dtype).removeprefix("torch."),
+        # bf16 on a CPU: attention in float32 (torch's bf16 SDPA backward is slower there, model/attention.py)
+        "attention": "sdpa_float32" if device == "cpu" and dtype == torch.bfloat16 else None,
         # Checkpointing is asked for to save memory: then also stop glibc's heap from keeping the
         # holes between activations (costs page faults, so only in this mode).
         "malloc": "mmap>=1MiB" if device == "cpu" and cfg.model.gradient_checkpointing else None,
@@ -189,6 +203,8 @@ def apply_fast_path(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     """Apply the model-side tricks of `plan` in place (batching is the trainer's business)."""
     if plan["dropout"] == "sparse":
         use_sparse_dropout(model)
+    if plan.get("attention") == "sdpa_float32" and not use_float32_attention(model):
+        plan["attention"] = None  # not an sdpa model (eager, flash-attention): left as it is
     if plan.get("fuse"):
         log.info("fused projections: %d groups (q,k,v and gate,up share an input)", fuse_projections(model))
     if plan["liger"]:
