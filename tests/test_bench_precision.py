@@ -210,3 +210,18 @@ def test_peer_heldout_wraps_the_real_peer_script(tiny_model_dir, tmp_path):
     assert len(results) == 2 and "heldout_loss" not in results[0]  # the peer's own line, unchanged
     assert results[1] == results[0] | {"heldout_loss": results[1]["heldout_loss"]}
     assert 0 < results[1]["heldout_loss"] < 20
+
+
+@pytest.mark.parametrize(
+    ("flags", "sets", "rows"),
+    [({"avx512_bf16"}, [], 2), ({"avx2"}, [], 1), ({"avx512_bf16"}, ["model.dtype=float32"], 1)],
+)
+def test_memory_mode_takes_two_rows_per_pass_in_bf16(
+    tiny_model_dir, tmp_path, monkeypatch, flags, sets, rows
+):
+    from smolora.bench.run import bench_config
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    data = bench_rows(tmp_path / "bench.jsonl", 20)
+    cfg = bench_config(tiny_model_dir, data, tmp_path, 1, 0, None, lowmem="micro", sets=sets)
+    assert cfg.train.micro_batch == rows  # bf16 activations take half: 2 rows fit where float32 fits 1

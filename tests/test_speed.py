@@ -342,9 +342,10 @@ def test_bench_report_targets_records_and_docs(tmp_path):
 
     report = fake_report()
     rows = {r[0]: r for r in targets(report)}
-    assert rows["real tok/s vs naive"][3] == "met"  # 3.75x
-    assert rows["real tok/s vs best of grouped/trl/trl-pack"][3].startswith("MISSED (missed by 17%")
-    assert rows["share of fp32 matmul peak"][2] == "0.75"
+    assert rows["real tok/s vs naive (fp32)"][3] == "met"  # 3.75x
+    assert rows["float32: real tok/s vs best of grouped/trl/trl-pack"][3].startswith("MISSED (missed by 17%")
+    assert rows["share of float32 matmul peak"][2] == "0.75"
+    assert not any("bf16" in name for name in rows)  # one precision ran: nothing to compare
     assert rows["batched vs one-at-a-time generation"][3].startswith("MISSED")
     assert not any(name.startswith("peak RSS, micro") for name in rows)  # no memory-mode rows ran
     report["runs"] += [
@@ -353,7 +354,7 @@ def test_bench_report_targets_records_and_docs(tmp_path):
     ]
     both = targets(report)
     names = [r[0] for r in both]
-    at = names.index("peak RSS, micro-batches of 1 row")
+    at = names.index("peak RSS, micro-batches of 1 row (2 in bf16)")
     assert both[at][3] == "met" and both[at + 1][2] == "1.67x" and both[at + 1][3] == "met"  # 200 / 120
     at = names.index("peak RSS, checkpointing")
     assert both[at][3] == "met" and both[at + 1][3].startswith("MISSED")  # 60 / 120 = 0.5x
@@ -373,7 +374,7 @@ def test_bench_report_targets_records_and_docs(tmp_path):
     write_docs(doc, markdown(report))
     text = doc.read_text()
     assert "prose before" in text and "prose after" in text and "old" not in text
-    assert "| smolora | 150.0 |" in text and "3.75x" in text  # naive row: SmoLoRA / naive
+    assert "| smolora | fp32 | 150.0 |" in text and "3.75x" in text  # naive row: SmoLoRA / naive
     assert "batched 49.0 tokens/s (3.5x)" in text  # decoding alone, after the prompt pass
 
 

@@ -30,7 +30,7 @@ PEERS_SCRIPT = REPO / "benchmarks" / "run_peers.py"
 # `smolora bench`'s memory modes: the worker's --lowmem value -> (row name, what it does); the
 # config overrides of each are bench/run.py's LOWMEM, in the worker process.
 MEMORY_MODES = {
-    "micro": ("smolora-lowmem", "micro-batches of 1 row"),
+    "micro": ("smolora-lowmem", "micro-batches of 1 row (2 in bf16)"),
     "checkpoint": ("smolora-ckpt", "checkpointing"),
 }
 

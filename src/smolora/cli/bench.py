@@ -56,7 +56,7 @@ def bench(
         bool,
         typer.Option(
             help="Also run SmoLoRA in both memory modes (the memory target): one row per "
-            "forward/backward pass (train.micro_batch=1), and gradient checkpointing."
+            "forward/backward pass (train.micro_batch=1; 2 in bf16), and gradient checkpointing."
         ),
     ] = True,
     extras: Annotated[bool, typer.Option(help="Load, preprocessing and generation measurements.")] = True,
