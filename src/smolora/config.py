@@ -37,7 +37,7 @@ class ModelSection(Section):
     name: str = Field("smollm2-135m", description="Alias, local HF directory, .gguf file or hub id.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bf16 on capable CUDA and for LoRA training on CPUs with avx512_bf16/AMX, else float32."
+        "auto", description="auto: bf16 on capable CUDA and for LoRA training on bf16 CPUs, else float32."
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     load_in_4bit: bool = Field(False, description="QLoRA 4-bit (bitsandbytes, CUDA only).")
