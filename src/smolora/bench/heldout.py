@@ -52,7 +52,8 @@ def encode(row: dict, tokenizer, max_length: int = 512) -> tuple[list[int], list
 def heldout_loss(model, tokenizer, path: Path, batch_size: int = 8) -> float:
     """Mean answer-token cross-entropy of `model` on the rows of `path`, in float32, eval mode."""
     import torch
-    import torch.nn.functional as F
+
+    from smolora.model.loss import chunked_lm_loss
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     pairs = [encode(r, tokenizer) for r in rows]
@@ -66,9 +67,8 @@ def heldout_loss(model, tokenizer, path: Path, batch_size: int = 8) -> float:
             ids = torch.tensor([a + [0] * (width - len(a)) for a, _ in chunk])
             mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a, _ in chunk])
             labels = torch.tensor([b + [-100] * (width - len(b)) for _, b in chunk])
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
-            total += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
-            count += int((target != -100).sum())
+            # the training loss's own path: the head only at answer positions, no full logits tensor
+            loss_sum, n = chunked_lm_loss(model, ids, mask, labels)
+            total, count = total + float(loss_sum), count + n
     model.to(dtype).train(was_training)
     return round(total / max(count, 1), 5)

@@ -53,6 +53,11 @@ def peak_of(report: dict[str, Any], precision: str) -> float:
     return (bf16 or report["matmul"])["peak_gflops"]
 
 
+def share_of_peak(report: dict[str, Any], tps: float, precision: str) -> float:
+    """The fraction of that precision's matmul peak `tps` real tokens/s amount to (4 x parameters a token)."""
+    return tps * report["flops_per_token"] / 1e9 / peak_of(report, precision)
+
+
 def smolora_row(runs: dict[str, dict[str, Any]], precision: str) -> dict[str, Any] | None:
     """SmoLoRA's default-settings row in `precision`: "smolora" or "smolora-<precision>"."""
     for name in ("smolora", f"smolora-{precision}"):
@@ -82,7 +87,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         tps, precision = r["real_tokens_per_s"], precision_of(r)
         ours = smolora_row(runs, precision)
         ratio = f"{ours['real_tokens_per_s'] / tps:.2f}x" if ours and r is not ours else ""
-        share = tps * report["flops_per_token"] / 1e9 / peak_of(report, precision)
+        share = share_of_peak(report, tps, precision)
         loss, held = r.get("last_loss"), r.get("heldout_loss")
         rows.append(
             [
@@ -138,18 +143,19 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
             [
                 name,
                 f"{'>=' if higher else '<='} {want:g}{unit}",
-                f"{got:.2f}{unit}" if unit != "%" else f"{got:.2f}%",
+                f"{got:.2f}{unit}",
                 ("met" if ok else "MISSED") + miss,
             ]
         )
 
     tps = ours["real_tokens_per_s"] if ours else None
     own = precision_of(ours) if ours else "float32"
-    if "naive" in runs and smolora_row(runs, "float32"):
+    fp32, bf16 = smolora_row(runs, "float32"), smolora_row(runs, "bfloat16")
+    if "naive" in runs and fp32:
         add(
             "real tok/s vs naive (fp32)",
             3.0,
-            smolora_row(runs, "float32")["real_tokens_per_s"] / runs["naive"]["real_tokens_per_s"],
+            fp32["real_tokens_per_s"] / runs["naive"]["real_tokens_per_s"],
             "x",
         )
     for precision in report.get("precisions") or ["float32"]:
@@ -161,7 +167,6 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
                 mine and mine["real_tokens_per_s"] / best,
                 "x",
             )
-    fp32, bf16 = smolora_row(runs, "float32"), smolora_row(runs, "bfloat16")
     if fp32 and bf16:
         add(
             "bf16 real tok/s vs SmoLoRA float32",
@@ -172,12 +177,7 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
         if fp32.get("heldout_loss") and bf16.get("heldout_loss"):
             gap = abs(bf16["heldout_loss"] - fp32["heldout_loss"]) / fp32["heldout_loss"] * 100
             add("held-out loss, bf16 vs float32 (difference)", 1.0, gap, "%", higher=False)
-    add(
-        f"share of {own} matmul peak",
-        0.7,
-        tps and tps * report["flops_per_token"] / 1e9 / peak_of(report, own),
-        "",
-    )
+    add(f"share of {own} matmul peak", 0.7, tps and share_of_peak(report, tps, own), "")
     add("peak RSS, batch 8 x 512", 3072, ours and ours["peak_rss_mib"], " MiB", higher=False)
     best = best_peer(runs, own)
     for name, what in MEMORY_MODES.values():

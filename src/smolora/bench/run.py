@@ -70,28 +70,26 @@ def bench_config(
     if threads:
         overrides.append(f"train.threads={threads}")
     overrides += LOWMEM.get(lowmem or "", [])
-    if lowmem == "micro" and bf16_compute(overrides + list(sets or [])):
+    if lowmem == "micro" and precision_of(load_config(None, overrides + list(sets or []))) == "bfloat16":
         overrides.append("train.micro_batch=2")
     if fuse:  # auto|true|false: `smolora bench --fusion` runs the other one beside the default
         overrides.append(f"train.fuse_projections={fuse}")
     return load_config(None, overrides + list(sets or []))  # --set: a variant to measure, last so it wins
 
 
-def bf16_compute(overrides: list[str]) -> bool:
-    from smolora.config import load_config
+def precision_of(cfg) -> str:
+    """ "float32" or "bfloat16": what this run computes in on this machine (train/speed.py)."""
     from smolora.model.load import pick_device
     from smolora.train.speed import compute_dtype
 
-    cfg = load_config(None, overrides)
-    return compute_dtype(cfg, pick_device(cfg.model.device)) == torch.bfloat16
+    return str(compute_dtype(cfg, pick_device(cfg.model.device))).removeprefix("torch.")
 
 
 def train_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Preprocess (fresh, then cached), then train warmup+steps steps with the peers' clock."""
     from smolora.data import prepare_data
-    from smolora.model.load import load_tokenizer, pick_device
+    from smolora.model.load import load_tokenizer
     from smolora.train.recipe import train
-    from smolora.train.speed import compute_dtype
 
     with tempfile.TemporaryDirectory(prefix="smolora-bench-") as tmp:
         os.environ["SMOLORA_HOME"] = tmp  # a fresh data cache: the first preparation is real work
@@ -129,7 +127,7 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
         "first_loss": clock.losses[0] if clock.losses else None,
         "last_loss": clock.losses[-1] if clock.losses else None,
         "heldout_loss": heldout,
-        "precision": str(compute_dtype(cfg, pick_device(cfg.model.device))).removeprefix("torch."),
+        "precision": precision_of(cfg),
         "threads": torch.get_num_threads(),
         "fuse_projections": cfg.train.fuse_projections,
         "sets": args.set,
