@@ -114,6 +114,29 @@ def test_fused_head_cross_entropy_matches_cross_entropy_float64():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_head_cross_entropy_value_with_an_underflowing_target_and_capped_chunks():
+    """The loss is read off the softmax, except where p(y) underflows: a confidently wrong token
+    (logit gap 200, p(y) = e^-200 is 0 in float32) still gets its true loss and a finite gradient;
+    a chunk never holds more float32 logits than CHUNK_BYTES."""
+    from smolora.model.loss import CHUNK_BYTES, chunk_rows
+
+    torch.manual_seed(0)
+    head = nn.Linear(8, 40, bias=True)
+    h = torch.randn(23, 8, requires_grad=True)
+    y = torch.randint(0, 40, (23,))
+    with torch.no_grad():
+        head.weight[:] = 0.1 * torch.randn_like(head.weight)
+        head.bias.zero_()
+        head.bias[(y[0] + 1) % 40] = 200.0  # row 0's target is 200 below another logit
+    got = head_cross_entropy(h, head, y, chunk=5)
+    want = nn.functional.cross_entropy(head(h).double(), y, reduction="sum")
+    assert torch.isfinite(got) and abs(got.item() - want.item()) < 1e-4 * want.item()
+    got.backward()
+    assert torch.isfinite(h.grad).all()
+    assert chunk_rows(1024, 49_152) == CHUNK_BYTES // (4 * 49_152) < 1024
+    assert chunk_rows(16, 49_152) == 16 and chunk_rows(1024, 10**9) == 1
+
+
 def one_step_args(output_dir, **kw) -> TrainingArguments:
     """TrainingArguments of one optimizer step in a fixed order, unclipped, saving nothing."""
     return TrainingArguments(

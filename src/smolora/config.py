@@ -180,7 +180,7 @@ class TrainSection(ObjectiveFields, Section):
         "allows packed (padding-free, position_ids); grouped = transformers' LengthGroupedSampler; "
         "padded = random order.",
     )
-    loss_chunk: int = Field(1024, ge=16, description="Label positions per lm-head chunk (memory).")
+    loss_chunk: int = Field(1024, ge=16, description="Most label positions per lm-head chunk (<= 24 MiB).")
     micro_batch: int | None = Field(
         None, ge=1, description="Rows per forward/backward pass (memory); the gradient is the whole batch's."
     )
