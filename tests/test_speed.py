@@ -401,6 +401,23 @@ def test_bench_report_targets_records_and_docs(tmp_path):
     assert "batched 49.0 tokens/s (3.5x)" in text  # decoding alone, after the prompt pass
 
 
+def test_write_docs_takes_only_marker_lines_and_never_overwrites(tmp_path):
+    """Prose quoting the markers is not the block (the bench once wrote its table into this
+    page's intro sentence); a file without markers keeps its text and gets the block appended."""
+    from smolora.bench.report import END, START, write_docs
+
+    doc = tmp_path / "benchmarks.md"
+    intro = f"`--docs` rewrites the block between the `{START}` / `{END}` markers.\n"
+    doc.write_text(f"# B\n\n{intro}\n## Latest\n\n{START}\nold table\n{END}\n\nafter\n")
+    write_docs(doc, "new table")
+    assert doc.read_text() == f"# B\n\n{intro}\n## Latest\n\n{START}\nnew table\n{END}\n\nafter\n"
+    mine = tmp_path / "notes.md"
+    mine.write_text("my own notes\n")
+    write_docs(mine, "t")
+    assert mine.read_text() == f"my own notes\n\n{START}\nt\n{END}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.md", "notes.md"]  # no temp left
+
+
 def test_bench_rejects_unknown_peer_mode():
     from smolora.cli.bench import bench
     from smolora.errors import SmoLoRAError

@@ -24,6 +24,7 @@ from typing import Any
 
 from smolora.bench import launch, machine
 from smolora.bench.dpo_run import BATCH, BETA, LR, MAX_LENGTH, RANK
+from smolora.bench.report import replace_block
 from smolora.errors import SmoLoRAError
 from smolora.model.store import resolve_model
 
@@ -179,11 +180,4 @@ def dpo_markdown(report: dict[str, Any]) -> str:
 
 def write_dpo_docs(path: Path, generated: str) -> None:
     """Replace the block between the DPO markers of `path` (appended when it has none)."""
-    block = f"{START}\n{generated}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    replace_block(path, START, END, generated)

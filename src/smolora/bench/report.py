@@ -284,10 +284,25 @@ def matmul_text(report: dict[str, Any], name: str, mm: dict[str, Any]) -> str:
 
 
 def write_docs(path: Path, generated: str) -> None:
-    block = f"{START}\n{generated}\n{END}"
-    if path.exists() and START in (text := path.read_text()) and END in text:
-        before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1]
+    replace_block(path, START, END, generated)
+
+
+def replace_block(path: Path, start: str, end: str, generated: str) -> None:
+    """Put `generated` between the `start` and `end` marker lines of `path`, keeping the rest.
+
+    Only a line that is the marker alone counts: prose that quotes a marker (this page's own
+    intro does) is not a block. A file without the block gets it appended, never overwritten;
+    the new text is written beside the file and renamed over it, so a crash leaves the old one."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    bare = [line.strip() for line in lines]
+    block = f"{start}\n{generated.rstrip()}\n{end}\n"
+    if start in bare and end in bare[bare.index(start) :]:
+        first = bare.index(start)
+        last = bare.index(end, first)
+        text = "".join(lines[:first]) + block + "".join(lines[last + 1 :])
     else:
-        text = "# Benchmarks\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+        text = text.rstrip("\n") + "\n\n" + block
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
