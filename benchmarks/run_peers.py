@@ -94,6 +94,8 @@ def main() -> None:
 
         args.model = resolve_model("smollm2-135m")
     data = args.data or peers_dir / "bench.jsonl"
+    if args.heldout is not None and not args.heldout.is_file():  # found out before minutes of training
+        parser.error(f"--heldout {args.heldout}: no such file")
     results = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         result = run_peer(

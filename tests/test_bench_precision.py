@@ -12,6 +12,7 @@ Run as:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -225,3 +226,23 @@ def test_memory_mode_takes_two_rows_per_pass_in_bf16(
     data = bench_rows(tmp_path / "bench.jsonl", 20)
     cfg = bench_config(tiny_model_dir, data, tmp_path, 1, 0, None, lowmem="micro", sets=sets)
     assert cfg.train.micro_batch == rows  # bf16 activations take half: 2 rows fit where float32 fits 1
+
+
+def test_run_peers_rejects_a_missing_heldout_file_before_training(tmp_path):
+    """benchmarks/run_peers.py --heldout MISSING: exit 2 with the file named, no peer started
+    (it used to train every peer first and then fail with a traceback)."""
+    bench_dir = tmp_path / "bench"
+    bench_dir.mkdir()
+    (bench_dir / "peers.py").write_text("raise SystemExit('a peer must not run')\n")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_peers.py"
+    env = {**os.environ, "SMOLORA_BENCH_DIR": str(bench_dir)}
+    done = subprocess.run(
+        [sys.executable, str(script), "--model", str(tmp_path), "--heldout", str(tmp_path / "nope.jsonl")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--heldout" in done.stderr and "nope.jsonl: no such file" in done.stderr
+    assert "a peer must not run" not in done.stdout + done.stderr
