@@ -297,10 +297,9 @@ def replace_block(path: Path, start: str, end: str, generated: str) -> None:
     lines = text.splitlines(keepends=True)
     bare = [line.strip() for line in lines]
     block = f"{start}\n{generated.rstrip()}\n{end}\n"
-    if start in bare and end in bare[bare.index(start) :]:
-        first = bare.index(start)
-        last = bare.index(end, first)
-        text = "".join(lines[:first]) + block + "".join(lines[last + 1 :])
+    first = bare.index(start) if start in bare else len(bare)
+    if end in bare[first:]:
+        text = "".join(lines[:first]) + block + "".join(lines[bare.index(end, first) + 1 :])
     else:
         text = text.rstrip("\n") + "\n\n" + block
     tmp = path.with_name(f".{path.name}.tmp")

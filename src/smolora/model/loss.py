@@ -186,7 +186,7 @@ class _HeadLogProb(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk):
             h, y = hidden[start : start + ctx.chunk], targets[start : start + ctx.chunk]
             logits, capped = _logits(h, weight, bias, ctx.softcap, acc, ctx.temperature)
-            grad = _dlogp_dlogits(_softmax_logp(logits, y)[0], y, capped, acc, ctx.temperature)
+            grad = _dlogp_dlogits(torch.softmax(logits, dim=-1), y, capped, acc, ctx.temperature)
             grad = grad * grad_out[start : start + ctx.chunk, None]
             grad = grad.to(hidden.dtype)
             if need_h:
